@@ -1,0 +1,26 @@
+"""imle: Implicit Maximum Likelihood Estimation (Li & Malik, 2018) for PyTorch.
+
+Public API::
+
+    method = imle.IMLE(generator, latent_dim=64)   # matching + loss
+    matches = method.match(x)                        # nearest pool sample of each example
+    loss = method(x_batch, matches.latents[idx])     # ||x - T(z)||^2 with z fixed
+    images = method.sample(16)
+    imle.Trainer(imle.TrainConfig(), "runs/mnist").train()
+"""
+
+__version__ = "0.1.0"
+
+from imle import data, knn
+from imle.config import DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
+from imle.errors import CheckpointError, ConfigError, DataError, IMLEError, ShapeError
+from imle.method import IMLE, Matches, Pool
+from imle.nets import GENERATORS, build_generator, register_generator
+from imle.trainer import Trainer, load_method, sample_from_run
+
+__all__ = [
+    "IMLE", "Matches", "Pool", "Trainer", "TrainConfig", "DataConfig", "ModelConfig",
+    "MethodConfig", "OptimConfig", "GENERATORS", "build_generator", "register_generator",
+    "load_method", "sample_from_run", "IMLEError", "ConfigError", "DataError", "ShapeError",
+    "CheckpointError", "__version__", "data", "knn",
+]

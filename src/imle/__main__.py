@@ -1,0 +1,5 @@
+import sys
+
+from imle.cli import main
+
+sys.exit(main())

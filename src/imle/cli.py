@@ -1,0 +1,222 @@
+"""Command-line interface: ``imle train``, ``imle sample``, ``imle eval``, ``imle datasets``.
+
+Every `TrainConfig` field is a flag of ``imle train`` (built from the dataclasses, so the two never
+drift apart); ``--config FILE`` loads a JSON config first and flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+from imle.config import PRESETS, DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
+from imle.errors import ConfigError, IMLEError
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,
+            "optim": OptimConfig}
+# Flags whose plain field name would be ambiguous or unidiomatic.
+RENAMED = {("data", "name"): "data", ("model", "type"): "model", ("optim", "type"): "optimizer"}
+BUDGETS = ("minutes", "epochs", "steps", "outer")
+TOP_LEVEL_SKIP = {"data", "model", "method", "optim", "budget", "budget_type"}
+
+
+def _converter(tp: Any, flag: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        inner = _converter(args[0], flag)
+        return lambda s: None if s.lower() in ("none", "null") else inner(s)
+    if tp is bool:
+        return lambda s: s.lower() in ("1", "true", "yes", "on")
+    if tp in (int, float, str):
+        return tp
+    if tp is dict or origin is dict:
+        def parse_json(s: str) -> dict:
+            try:
+                value = json.loads(s)
+            except json.JSONDecodeError as exc:
+                raise argparse.ArgumentTypeError(f"{flag} takes a JSON object: {exc}") from exc
+            if not isinstance(value, dict):
+                raise argparse.ArgumentTypeError(f"{flag} takes a JSON object like '{{\"k\": 1}}'")
+            return value
+        return parse_json
+    if origin is tuple:
+        return lambda s: tuple(float(v) for v in s.split(",") if v.strip())
+    return str
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Field descriptions from the 'Attributes:' section of a config class docstring."""
+    docs: dict[str, str] = {}
+    current = None
+    for line in (cls.__doc__ or "").split("Attributes:")[-1].splitlines():
+        stripped = line.strip()
+        head, sep, rest = stripped.partition(": ")
+        if sep and line.startswith(" " * 8) and not line.startswith(" " * 12):
+            current = head
+            for name in head.split(", "):
+                docs[name] = rest
+        elif current and stripped:
+            for name in current.split(", "):
+                docs[name] += " " + stripped
+    return {k: v.replace("%", "%%") for k, v in docs.items()}
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> list[tuple[str | None, str, str]]:
+    """Adds a flag per config field; returns (section, field, dest) triples."""
+    table = []
+    for section, cls in list(SECTIONS.items()) + [(None, TrainConfig)]:
+        hints = typing.get_type_hints(cls)
+        group = parser.add_argument_group(f"{section or 'run'} options")
+        for f in dataclasses.fields(cls):
+            if section is None and f.name in TOP_LEVEL_SKIP:
+                continue
+            name = RENAMED.get((section, f.name), f.name).replace("_", "-")
+            dest = f"cfg__{section}__{f.name}"
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            doc = _field_docs(cls).get(f.name, "")
+            group.add_argument(f"--{name}", dest=dest, type=_converter(hints[f.name], name),
+                               metavar=f.name.upper(), default=argparse.SUPPRESS,
+                               help=f"{doc} (default: {default!r})".strip())
+            table.append((section, f.name, dest))
+    return table
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, list]:
+    parser = argparse.ArgumentParser(
+        prog="imle", description="Implicit Maximum Likelihood Estimation (Li & Malik, 2018)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a generator with IMLE")
+    train.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                       help="starting configuration: the project's tuned defaults, or 'paper' "
+                            "for the authors' reference setup (MLP, S = all data, m = 10|S|)")
+    train.add_argument("--config", type=Path, help="JSON config file (replaces the preset); "
+                                                   "flags override it")
+    train.add_argument("--out", type=Path, default=Path("runs"),
+                       help="parent folder of new run folders (default: runs)")
+    train.add_argument("--run-dir", type=Path, help="exact run folder (default: OUT/NAME)")
+    train.add_argument("--name", help="run name (default: <data>-<model>-<time>)")
+    train.add_argument("--resume", type=Path, metavar="RUN",
+                       help="continue RUN from its newest checkpoint (budget flags extend it)")
+    budget = train.add_mutually_exclusive_group()
+    for b in BUDGETS:
+        budget.add_argument(f"--{b}", type=float, help=f"budget in {b}")
+    table = _config_flags(train)
+    train.set_defaults(func=_cmd_train, table=table)
+
+    sample = sub.add_parser("sample", help="draw samples from a trained run")
+    sample.add_argument("run", type=Path)
+    sample.add_argument("--num", type=int, required=True)
+    sample.add_argument("--out", type=Path, required=True, help=".npy file (N, C, H, W) float32")
+    sample.add_argument("--grid", type=Path, help="also write a PNG grid of the first 64")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--checkpoint", type=Path, help="checkpoint or snapshot folder")
+    sample.add_argument("--batch-size", type=int, default=1000)
+    sample.add_argument("--device", default="cpu")
+    sample.set_defaults(func=_cmd_sample)
+
+    datasets = sub.add_parser("datasets", help="list the data sets imle can load by name")
+    datasets.set_defaults(func=_cmd_datasets)
+
+    try:
+        from imle.cli_eval import register
+    except ImportError:  # the evaluation commands are optional in a partial install
+        register = None
+    if register is not None:
+        register(sub)
+    return parser, table
+
+
+def _config_from_args(args: argparse.Namespace, table: list) -> TrainConfig:
+    base = TrainConfig.from_json(args.config) if args.config else PRESETS[args.preset]()
+    raw = base.to_dict()
+    for section, field, dest in table:
+        if hasattr(args, dest):
+            (raw[section] if section else raw)[field] = getattr(args, dest)
+    for b in BUDGETS:
+        if getattr(args, b) is not None:
+            raw["budget_type"], raw["budget"] = b, getattr(args, b)
+    return TrainConfig.from_dict(raw).validate()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from imle.trainer import Trainer
+
+    if args.resume:
+        overrides = {b: getattr(args, b) for b in BUDGETS if getattr(args, b) is not None}
+        extra = [dest for _, _, dest in args.table if hasattr(args, dest)]
+        if extra or args.config:
+            raise ConfigError("--resume continues a run with its stored config; only a budget "
+                              "flag (--minutes/--epochs/--steps/--outer) may be given with it")
+        (budget_type, budget), = overrides.items() if overrides else ((None, None),)
+        trainer = Trainer.resume(args.resume, budget=budget, budget_type=budget_type)
+        print(f"resuming {args.resume} at step {trainer.step}", file=sys.stderr)
+    else:
+        config = _config_from_args(args, args.table)
+        run_dir = args.run_dir
+        if run_dir is None:
+            stem = Path(config.data.name).stem.replace(".", "_")
+            name = args.name or f"{stem}-{config.model.type}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = args.out / name
+        if (run_dir / "checkpoints").exists():
+            raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} to continue "
+                              f"it or choose another --run-dir/--name")
+        trainer = Trainer(config, run_dir)
+    summary = trainer.train()
+    print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=2))
+    if summary["status"] == "interrupted":
+        print(f"interrupted by {summary['signal']}; checkpoint saved. Resume with:\n"
+              f"  imle train --resume {trainer.run_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from imle.trainer import sample_from_run
+
+    if args.num < 1:
+        raise ConfigError(f"--num must be >= 1, got {args.num}")
+    if args.out.suffix != ".npy":
+        raise ConfigError(f"--out must be a .npy file, got {args.out}")
+    samples, _ = sample_from_run(args.run, args.num, seed=args.seed, batch_size=args.batch_size,
+                                 checkpoint=args.checkpoint, device=args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, samples.clamp(0, 1).numpy().astype(np.float32))
+    print(f"wrote {tuple(samples.shape)} float32 samples to {args.out}")
+    if args.grid:
+        from imle.plotting import save_grid
+
+        save_grid(samples[:64], args.grid, nrow=8)
+        print(f"wrote grid {args.grid}")
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from imle.data import list_datasets
+
+    for name in list_datasets():
+        print(name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, _ = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except IMLEError as exc:
+        print(f"imle {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

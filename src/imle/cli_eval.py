@@ -1,0 +1,269 @@
+"""``imle eval`` and ``imle train-classifier``.
+
+``imle eval RUN`` draws samples from a training run (through ``imle.trainer.sample_from_run``),
+scores them with :func:`imle.metrics.evaluate`, prints a table and writes ``RUN/eval.json``.
+``imle eval FILE.npy --data NAME`` scores any model's samples the same way. ``--json FILE``
+writes ``{"metrics": {...}, "settings": {...}}`` there as well.
+
+``imle train-classifier --data mnist --out PATH --seed 0`` trains the feature-extractor CNN whose
+weights ship in ``imle/metrics/weights/``.
+
+:func:`register` adds both subcommands to the main ``imle`` parser; :func:`main` runs them
+standalone (``python -m imle.cli_eval eval ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from imle.errors import ConfigError, DataError, IMLEError
+
+DEFAULT_METRICS = "parzen,fid,kid,prdc,modes,memorization"
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="score a run's samples (or a .npy of samples) with the evaluation suite",
+        description="Score generated samples: Parzen, FID, KID, precision/recall/density/"
+                    "coverage, mode counts and a memorisation check, each beside its real-data "
+                    "floor.")
+    p.add_argument("target", help="run folder, or a .npy file of samples (N, C, H, W) in [0, 1]")
+    p.add_argument("--metrics", default=DEFAULT_METRICS,
+                   help=f"comma-separated subset of {DEFAULT_METRICS} (default: all)")
+    p.add_argument("--num", type=int, default=None,
+                   help="samples to draw from a run (default 10000) or to use from a .npy "
+                        "(default: all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling, reference subset and KID seed")
+    p.add_argument("--data", default=None,
+                   help="reference data set (required with a .npy; default: the run's)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: IMLE_DATA_DIR)")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--extractor", default=None,
+                   help="feature extractor: mnist-cnn, fashion-mnist-cnn, inception or a "
+                        ".safetensors path (default: the data set's own)")
+    p.add_argument("--inception-weights", default=None,
+                   help="local torch-fidelity InceptionV3 weights (for --extractor inception)")
+    p.add_argument("--num-reference", type=int, default=10_000,
+                   help="training examples forming the real set of FID/KID/PRDC")
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--prdc-k", type=int, default=5)
+    p.add_argument("--parzen-sigmas", default=None,
+                   help="comma-separated Parzen bandwidth grid (default: 20 log-spaced in "
+                        "[0.05, 1])")
+    p.add_argument("--no-floors", action="store_true",
+                   help="skip the real-data floors (faster, but the numbers lose their scale)")
+    p.add_argument("--cache-dir", default=None,
+                   help="disk cache of reference statistics (default: $IMLE_CACHE_DIR/metrics "
+                        "or ~/.cache/imle/metrics; 'none' disables)")
+    p.add_argument("--batch-size", type=int, default=1000, help="sampling batch size")
+    p.add_argument("--device", default="cpu", help="device of the feature extractor")
+    p.set_defaults(func=run_eval)
+
+
+def _add_train_classifier(sub) -> None:
+    p = sub.add_parser(
+        "train-classifier", help="train the MNIST/Fashion-MNIST feature-extractor CNN",
+        description="Train the small CNN used for FID/KID/PRDC/mode metrics; writes "
+                    "safetensors weights and a JSON record (sha256, accuracy, seed, command).")
+    p.add_argument("--data", default="mnist", help="mnist or fashion-mnist")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; the weights are bit-reproducible for a fixed seed and "
+                        "thread count (the shipped ones used 1)")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=run_train_classifier)
+
+
+def register(subparsers) -> None:
+    """Adds the ``eval`` and ``train-classifier`` subcommands to an argparse subparsers object.
+
+    Each sets ``func`` to a handler ``handler(args) -> int`` (the exit code).
+    """
+    _add_eval(subparsers)
+    _add_train_classifier(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A standalone parser with the two subcommands."""
+    parser = argparse.ArgumentParser(prog="imle", description="IMLE evaluation commands")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    return parser
+
+
+def _json_safe(obj):
+    """NaN/inf → None so the file is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _load_npy(path: Path, data: str | None, num: int | None):
+    import numpy as np
+    import torch
+
+    from imle.data import validate_images
+    from imle.metrics.evaluate import TOY_DATA
+
+    if data is None:
+        raise ConfigError(f"{path}: a .npy of samples needs --data NAME naming the reference "
+                          "data set (e.g. --data mnist)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read as .npy ({e})") from e
+    x = torch.from_numpy(np.ascontiguousarray(arr)).float()
+    if num is not None:
+        if num > x.shape[0]:
+            raise ConfigError(f"--num {num} but {path} holds only {x.shape[0]} samples")
+        x = x[:num]
+    if data in TOY_DATA:
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise DataError(f"{path}: {data} samples must be (N, 2); got {tuple(x.shape)}")
+    else:
+        validate_images(x, str(path))
+    return x
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Handler of ``imle eval``."""
+    from imle.metrics.evaluate import check_sizes, evaluate, format_table, normalize_metrics
+
+    target = Path(args.target)
+    metrics = normalize_metrics(args.metrics)
+    sigmas = None
+    if args.parzen_sigmas:
+        try:
+            sigmas = [float(s) for s in args.parzen_sigmas.split(",") if s.strip()]
+        except ValueError as e:
+            raise ConfigError(f"--parzen-sigmas must be comma-separated numbers ({e})") from e
+    if args.num is not None:
+        # Cheap checks before sampling; evaluate() repeats them with the feature dimension.
+        check_sizes(args.num, metrics, kid_subset_size=args.kid_subset_size,
+                    prdc_k=args.prdc_k)
+    t0 = time.perf_counter()
+    run_dir = None
+    data_dir = args.data_dir
+    if target.is_dir():
+        run_dir = target
+        from imle.trainer import sample_from_run  # lazy: the trainer is a higher layer
+
+        num = 10_000 if args.num is None else args.num
+        check_sizes(num, metrics, kid_subset_size=args.kid_subset_size, prdc_k=args.prdc_k)
+        x, config = sample_from_run(run_dir, num, seed=args.seed, batch_size=args.batch_size)
+        data_cfg = (config or {}).get("data", {}) or {}
+        data = args.data or data_cfg.get("name")
+        if data is None:
+            raise ConfigError(f"{run_dir}: the run's config names no data set; pass --data")
+        if data_dir is None:
+            data_dir = data_cfg.get("data_dir")
+        source = {"run": str(run_dir)}
+    elif target.suffix.lower() == ".npy":
+        if not target.is_file():
+            raise DataError(f"{target}: no such file")
+        x = _load_npy(target, args.data, args.num)
+        data = args.data
+        source = {"samples_file": str(target)}
+    else:
+        raise DataError(f"{target}: give a run folder or a .npy file of samples")
+    t_sample = time.perf_counter() - t0
+    result = evaluate(x, data, metrics, data_dir=data_dir, seed=args.seed,
+                      extractor=args.extractor, num_reference=args.num_reference,
+                      parzen_sigmas=sigmas, kid_subset_size=args.kid_subset_size,
+                      kid_num_subsets=args.kid_subsets, prdc_k=args.prdc_k,
+                      floors=not args.no_floors, inception_weights=args.inception_weights,
+                      device=args.device, log=lambda m: print(m, file=sys.stderr),
+                      cache_dir=(True if args.cache_dir is None else
+                                 None if args.cache_dir.lower() == "none" else
+                                 Path(args.cache_dir)))
+    result["settings"].update(source)
+    result["settings"]["sampling_s"] = round(t_sample, 3)
+    result["settings"]["command"] = "imle eval " + " ".join(
+        shlex.quote(a) for a in getattr(args, "_argv", []) or [str(target)])
+    print(format_table(result))
+    text = json.dumps(_json_safe(result), indent=2) + "\n"
+    written = []
+    if run_dir is not None:
+        (run_dir / "eval.json").write_text(text)
+        written.append(run_dir / "eval.json")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        written.append(out)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def run_train_classifier(args: argparse.Namespace) -> int:
+    """Handler of ``imle train-classifier``."""
+    import torch
+
+    from imle.data import load_dataset
+    from imle.metrics.features import accuracy, save_classifier, train_classifier
+
+    if args.data not in ("mnist", "fashion-mnist"):
+        raise ConfigError(f"--data must be mnist or fashion-mnist; got {args.data!r}")
+    if args.threads < 1:
+        raise ConfigError("--threads must be ≥ 1")
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        t0 = time.perf_counter()
+        train = load_dataset(args.data, "train", args.data_dir)
+        val = load_dataset(args.data, "val", args.data_dir)
+        test = load_dataset(args.data, "test", args.data_dir)
+        model = train_classifier(train.x, train.labels, seed=args.seed, epochs=args.epochs,
+                                 batch_size=args.batch_size, lr=args.lr,
+                                 log=lambda m: print(m, flush=True))
+        seconds = time.perf_counter() - t0
+        val_acc = accuracy(model, val.x, val.labels)
+        test_acc = accuracy(model, test.x, test.labels)
+    finally:
+        torch.set_num_threads(prev_threads)
+    command = (f"imle train-classifier --data {args.data} --out {shlex.quote(args.out)} "
+               f"--seed {args.seed} --epochs {args.epochs} --batch-size {args.batch_size} "
+               f"--lr {args.lr} --threads {args.threads}")
+    digest = save_classifier(model, args.out, {
+        "data": args.data, "train_split": "train", "seed": args.seed, "epochs": args.epochs,
+        "val_accuracy": val_acc, "test_accuracy": test_acc, "train_seconds": round(seconds, 1),
+        "threads": args.threads, "torch": torch.__version__, "command": command})
+    print(f"{args.data}: val accuracy {val_acc:.4f}, test accuracy {test_acc:.4f} "
+          f"({seconds:.0f} s)\nwrote {args.out} (sha256 {digest})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``eval`` or ``train-classifier`` from a standalone parser; returns the exit code.
+
+    Errors of this package (bad options, too few samples, missing data) are printed as one line
+    on stderr with exit code 2 instead of a traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args._argv = argv[1:]
+    try:
+        return int(args.func(args))
+    except IMLEError as e:
+        print(f"imle {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

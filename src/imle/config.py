@@ -1,0 +1,277 @@
+"""Frozen, JSON-serialisable configuration of a training run.
+
+Every option of the method and of the training loop is a field here; the CLI builds its flags from
+these fields, and a run folder stores the whole tree as ``config.json`` so a run can be rebuilt and
+resumed from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from imle.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set to fit.
+
+    Attributes:
+        name: a registered data set ("mnist", "fashion-mnist", "cifar10", "photos", ...) or a path
+            to a .npy/.npz file or an image folder.
+        split: split to train on ("train" is the first 50,000 MNIST training images).
+        data_dir: where data sets live; None means ``$IMLE_DATA_DIR`` or ``~/.cache/imle/data``.
+        limit: use only the first ``limit`` examples (None: all).
+    """
+
+    name: str = "mnist"
+    split: str = "train"
+    data_dir: str | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Generator network, rebuilt from this by the registry in `imle.nets`.
+
+    Attributes:
+        type: registered generator ("mlp", "dcgan28", "dcgan32", "resconv28").
+        latent_dim: dimension of z ~ N(0, I).
+        width: base channel count (conv) or hidden width (mlp); None: the network's default
+            (64 channels, 1024 hidden units).
+    """
+
+    type: str = "resconv28"
+    latent_dim: int = 64
+    width: int | None = None
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """IMLE's matching step (Li & Malik 2018, Algorithm 1).
+
+    Attributes:
+        subset_size: |S|, examples matched per outer iteration; None means the whole data set
+            (the reference code). A random subset is drawn each outer iteration otherwise.
+        pool_multiplier: pool size m = pool_multiplier * |S| (reference: 10).
+        refresh_epochs: L expressed in epochs over S between pool refreshes (reference: 5).
+        latent_noise: std of Gaussian noise added to matched latents at each SGD step.
+        metric: distance for matching ("l2" = squared Euclidean).
+        search_backend: `imle.knn` backend ("auto", "exact", "projected", "faiss").
+        search_options: extra keyword options for the search backend.
+        recall_sample: queries per outer iteration on which the search's recall@1 is measured
+            against exact search (0: off).
+        pool_batch_size: generator batch size when drawing the pool (bounds memory).
+        pool_precision: "fp32" or "bf16" for pool generation and storage.
+    """
+
+    subset_size: int | None = None
+    pool_multiplier: float = 10.0
+    refresh_epochs: float = 5.0
+    latent_noise: float = 0.01
+    metric: str = "l2"
+    search_backend: str = "auto"
+    search_options: dict = field(default_factory=dict)
+    recall_sample: int = 0
+    pool_batch_size: int = 4096
+    pool_precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser of the inner SGD steps.
+
+    Attributes:
+        type: "adam" (reference) or "adamw".
+        lr: peak learning rate (reference 1e-3).
+        beta1, beta2: Adam betas (reference 0.5, 0.999).
+        weight_decay: decoupled for "adamw", L2 for "adam".
+        batch_size: mini-batch size of the inner loop (reference 64).
+        lr_schedule: "constant" or "cosine" (decays to lr * lr_final_frac over the budget).
+        lr_final_frac: final learning rate as a fraction of lr for "cosine".
+        warmup_steps: linear warm-up steps.
+        ema_decay: exponential moving average of the weights used for sampling (0: off).
+        grad_clip: clip the global gradient norm (0: off).
+    """
+
+    type: str = "adam"
+    lr: float = 1e-3
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    lr_schedule: str = "constant"
+    lr_final_frac: float = 0.05
+    warmup_steps: int = 0
+    ema_decay: float = 0.0
+    grad_clip: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run.
+
+    Attributes:
+        budget_type: what ends the run: "minutes" (wall clock of training), "epochs" (passes
+            over the data set), "steps" (SGD steps) or "outer" (outer iterations).
+        budget: amount of ``budget_type``.
+        seed: seeds every random stream (latents, subsets, shuffling, noise, init).
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        threads: torch intra-op threads on CPU (0: torch's default).
+        log_every_outer: write a log line every this many outer iterations.
+        sample_every_outer: write a PNG sample grid every this many outer iterations (0: never).
+        checkpoint_every_minutes: periodic checkpoint interval (also written at the end and on
+            SIGINT/SIGTERM).
+        snapshot_minutes: elapsed training minutes at which to keep a weights snapshot.
+        keep_checkpoints: how many periodic checkpoints to keep.
+        progress: "tqdm" or "none".
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    budget_type: str = "minutes"
+    budget: float = 10.0
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    log_every_outer: int = 1
+    sample_every_outer: int = 10
+    checkpoint_every_minutes: float = 5.0
+    snapshot_minutes: tuple[float, ...] = ()
+    keep_checkpoints: int = 2
+    progress: str = "tqdm"
+
+    def validate(self) -> TrainConfig:
+        """Raises ConfigError naming the field and a valid choice for any impossible value."""
+        from imle.nets import GENERATORS
+
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        m, o = self.method, self.optim
+        need(self.model.type in GENERATORS,
+             f"model.type={self.model.type!r} is unknown; choose one of {sorted(GENERATORS)}")
+        need(self.model.latent_dim >= 1, "model.latent_dim must be >= 1")
+        need(self.model.width is None or self.model.width >= 1, "model.width must be >= 1")
+        need(m.subset_size is None or m.subset_size >= 1,
+             "method.subset_size must be >= 1 (or None for the whole data set)")
+        need(m.pool_multiplier > 0 and math.isfinite(m.pool_multiplier),
+             f"method.pool_multiplier must be > 0, got {m.pool_multiplier}")
+        need(m.refresh_epochs > 0, f"method.refresh_epochs must be > 0, got {m.refresh_epochs}")
+        need(m.latent_noise >= 0, "method.latent_noise must be >= 0")
+        need(m.metric in ("l2", "l1", "cosine"),
+             f"method.metric={m.metric!r}; choose 'l2', 'l1' or 'cosine'")
+        need(m.recall_sample >= 0, "method.recall_sample must be >= 0")
+        need(m.pool_batch_size >= 1, "method.pool_batch_size must be >= 1")
+        need(m.pool_precision in ("fp32", "bf16"),
+             f"method.pool_precision={m.pool_precision!r}; choose 'fp32' or 'bf16'")
+        need(o.type in ("adam", "adamw"), f"optim.type={o.type!r}; choose 'adam' or 'adamw'")
+        need(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be > 0, got {o.lr}")
+        need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+        need(o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}")
+        need(o.lr_schedule in ("constant", "cosine"),
+             f"optim.lr_schedule={o.lr_schedule!r}; choose 'constant' or 'cosine'")
+        need(0 <= o.lr_final_frac <= 1, "optim.lr_final_frac must be in [0, 1]")
+        need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+        need(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
+        need(o.grad_clip >= 0, "optim.grad_clip must be >= 0")
+        need(self.budget_type in ("minutes", "epochs", "steps", "outer"),
+             f"budget_type={self.budget_type!r}; choose minutes, epochs, steps or outer")
+        need(self.budget > 0 and math.isfinite(self.budget),
+             f"budget must be a positive number, got {self.budget}")
+        need(self.progress in ("tqdm", "none"), "progress must be 'tqdm' or 'none'")
+        need(self.sample_every_outer >= 0 and self.log_every_outer >= 1,
+             "sample_every_outer must be >= 0 and log_every_outer >= 1")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+        need(self.checkpoint_every_minutes > 0, "checkpoint_every_minutes must be > 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        """Builds a config from nested dicts, rejecting unknown keys by name."""
+        return _from_dict(cls, raw, "")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(raw)
+
+
+def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a JSON object, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown config field(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known fields of {prefix or 'the config'}: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        sub = _NESTED.get(name) if cls is TrainConfig else None
+        if sub is not None:
+            kwargs[name] = _from_dict(sub, value, f"{name}.")
+        elif name == "snapshot_minutes":
+            kwargs[name] = tuple(float(v) for v in value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig, "optim": OptimConfig}
+
+
+def replace(config: TrainConfig, **updates: Any) -> TrainConfig:
+    """Returns a copy with dotted-path updates, e.g. ``replace(c, **{"optim.lr": 2e-3})``."""
+    raw = config.to_dict()
+    for key, value in updates.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if p not in node or not isinstance(node[p], dict):
+                raise ConfigError(f"unknown config section {p!r} in {key!r}")
+            node = node[p]
+        if leaf not in node:
+            raise ConfigError(f"unknown config field {key!r}")
+        node[leaf] = value
+    return TrainConfig.from_dict(raw)
+
+
+def paper_config() -> TrainConfig:
+    """The authors' reference setup (Li & Malik 2018 code) on MNIST with the paper-style MLP.
+
+    S = the whole training set, m = 10 |S|, pool refreshed every 5 epochs over S, Adam (1e-3,
+    betas 0.5/0.999), batch 64, latent dim 64, latent noise 0.01, constant learning rate, no EMA,
+    fp32 pool.
+    """
+    return TrainConfig(
+        model=ModelConfig(type="mlp", latent_dim=64, width=1024),
+        method=MethodConfig(subset_size=None, pool_multiplier=10.0, refresh_epochs=5.0,
+                            latent_noise=0.01, pool_precision="fp32"),
+        optim=OptimConfig(type="adam", lr=1e-3, beta1=0.5, beta2=0.999, batch_size=64,
+                          lr_schedule="constant", ema_decay=0.0),
+    )
+
+
+PRESETS = {"default": TrainConfig, "paper": paper_config}

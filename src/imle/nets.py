@@ -1,0 +1,165 @@
+"""Generator networks and the registry that rebuilds them from a `ModelConfig`.
+
+Any `torch.nn.Module` mapping latents (B, latent_dim) to samples (B, C, H, W) or (B, D) works with
+`imle.IMLE`; these are the ones the CLI can build by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from imle.errors import ConfigError
+
+GENERATORS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_generator(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator adding a generator factory ``f(latent_dim, sample_shape, width) -> Module``."""
+
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        GENERATORS[name] = factory
+        return factory
+
+    return wrap
+
+
+def build_generator(type: str, latent_dim: int, sample_shape: tuple[int, ...],
+                    width: int | None = None) -> nn.Module:
+    """Builds a registered generator.
+
+    Args:
+        type: registry name, e.g. "mlp", "dcgan28", "dcgan32", "resconv28".
+        latent_dim: dimension of the latent codes.
+        sample_shape: shape of one sample, (C, H, W) or (D,).
+        width: base width; None picks the generator's own default.
+
+    Returns:
+        Module mapping (B, latent_dim) to (B, *sample_shape) with values in [0, 1] for images.
+    """
+    if type not in GENERATORS:
+        raise ConfigError(f"unknown generator {type!r}; choose one of {sorted(GENERATORS)}")
+    return GENERATORS[type](latent_dim=latent_dim, sample_shape=tuple(sample_shape), width=width)
+
+
+def _need_image(name: str, sample_shape: tuple[int, ...], size: int) -> int:
+    if len(sample_shape) != 3 or sample_shape[1:] != (size, size):
+        raise ConfigError(
+            f"generator {name!r} makes {size}x{size} images but the data has samples of shape "
+            f"{sample_shape}; pick a generator for that shape (e.g. 'mlp' works for any shape)"
+        )
+    return sample_shape[0]
+
+
+class MLPGenerator(nn.Module):
+    """Fully connected generator in the style of the paper's MNIST model.
+
+    latent (B, latent_dim) -> hidden ReLU layers -> (B, *sample_shape); a sigmoid output for
+    image data in [0, 1], identity otherwise.
+    """
+
+    def __init__(self, latent_dim: int, sample_shape: tuple[int, ...], hidden: int = 1024,
+                 layers: int = 2, output: str = "sigmoid") -> None:
+        super().__init__()
+        self.sample_shape = sample_shape
+        dims = [latent_dim] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            blocks += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        blocks.append(nn.Linear(dims[-1], math.prod(sample_shape)))
+        self.net = nn.Sequential(*blocks)
+        self.output = output
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.net(z)
+        if self.output == "sigmoid":
+            out = torch.sigmoid(out)
+        return out.view(z.shape[0], *self.sample_shape)
+
+
+@register_generator("mlp")
+def _mlp(latent_dim: int, sample_shape: tuple[int, ...], width: int | None) -> nn.Module:
+    # Images are in [0, 1]; other arrays (e.g. 2-D mixtures) are unbounded.
+    output = "sigmoid" if len(sample_shape) == 3 else "identity"
+    return MLPGenerator(latent_dim, sample_shape, hidden=width or 1024, output=output)
+
+
+class DCGANGenerator(nn.Module):
+    """DCGAN-style generator: linear to a 7x7 (28x28 output) or 4x4 (32x32) map, then stride-2
+    transposed convolutions halving the channels, the last one producing the image.
+
+    28x28: z -> (2w, 7, 7) -> (w, 14, 14) -> (C, 28, 28); 32x32: z -> (4w, 4, 4) -> (2w, 8, 8)
+    -> (w, 16, 16) -> (C, 32, 32). Batch norm is left out on purpose: IMLE runs the generator on
+    a large pool and then trains on small batches of matched latents, and batch statistics would
+    differ between the two.
+    """
+
+    def __init__(self, latent_dim: int, channels: int, size: int, width: int = 64) -> None:
+        super().__init__()
+        self.start, ups = {28: (7, 2), 32: (4, 3)}[size]
+        ch = [width * 2 ** (ups - 1 - i) for i in range(ups)] + [channels]
+        self.fc = nn.Sequential(nn.Linear(latent_dim, ch[0] * self.start**2), nn.ReLU(True))
+        layers: list[nn.Module] = []
+        for i in range(ups):
+            layers.append(nn.ConvTranspose2d(ch[i], ch[i + 1], 4, 2, 1))
+            layers.append(nn.ReLU(True) if i < ups - 1 else nn.Sigmoid())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(z.shape[0], -1, self.start, self.start)
+        return self.net(h)
+
+
+@register_generator("dcgan28")
+def _dcgan28(latent_dim: int, sample_shape: tuple[int, ...], width: int | None) -> nn.Module:
+    return DCGANGenerator(latent_dim, _need_image("dcgan28", sample_shape, 28), 28, width or 64)
+
+
+@register_generator("dcgan32")
+def _dcgan32(latent_dim: int, sample_shape: tuple[int, ...], width: int | None) -> nn.Module:
+    return DCGANGenerator(latent_dim, _need_image("dcgan32", sample_shape, 32), 32, width or 64)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, 3, padding=1),
+            nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResConvGenerator(nn.Module):
+    """Small residual upsampling generator for 28x28 images (the project's MNIST default).
+
+    latent (B, latent_dim) -> linear to (2w, 7, 7) -> residual block -> nearest upsample + conv
+    to (w, 14, 14) -> residual block -> upsample + conv to (w/2, 28, 28) -> conv -> sigmoid.
+    Nearest upsampling avoids the checkerboard artefacts of transposed convolutions.
+    """
+
+    def __init__(self, latent_dim: int, channels: int, width: int = 64) -> None:
+        super().__init__()
+        w = width
+        self.fc = nn.Linear(latent_dim, 2 * w * 49)
+        self.net = nn.Sequential(
+            _ResBlock(2 * w),
+            nn.Upsample(scale_factor=2), nn.Conv2d(2 * w, w, 3, padding=1),
+            _ResBlock(w),
+            nn.LeakyReLU(0.2), nn.Upsample(scale_factor=2), nn.Conv2d(w, w // 2, 3, padding=1),
+            nn.LeakyReLU(0.2), nn.Conv2d(w // 2, channels, 3, padding=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.fc(z).view(z.shape[0], -1, 7, 7))
+
+
+@register_generator("resconv28")
+def _resconv28(latent_dim: int, sample_shape: tuple[int, ...], width: int | None) -> nn.Module:
+    return ResConvGenerator(latent_dim, _need_image("resconv28", sample_shape, 28), width or 64)

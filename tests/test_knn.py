@@ -1,0 +1,215 @@
+"""Tests of imle.knn: agreement with brute force, certificates, recall estimation, bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imle.errors import ConfigError, DataError, ShapeError
+from imle.knn import Searcher, choose_backend, search
+from imle.knn import _kernels as K
+
+
+def brute(q: torch.Tensor, p: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp64 brute force, ties broken by the lowest index."""
+    d = (q.double()[:, None, :] - p.double()[None]).square().sum(-1)
+    idx = torch.arange(p.shape[0]).expand_as(d)
+    # lexicographic (distance, index): stable sort by distance of index-ordered rows
+    o = torch.argsort(d, dim=1, stable=True)[:, :k]
+    return torch.gather(d, 1, o).float(), torch.gather(idx, 1, o)
+
+
+def clustered(n: int, m: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(8, d, generator=g)
+    p = torch.randn(m, 8, generator=g) @ basis + 0.3 * torch.randn(m, d, generator=g)
+    q = p[torch.randint(0, m, (n,), generator=g)] + 0.2 * torch.randn(n, d, generator=g)
+    return q, p
+
+
+EXACT_CONFIGS = [
+    dict(backend="exact", precision="fp32"),
+    dict(backend="exact", precision="bf16"),
+    dict(backend="exact", precision="bf16", candidates=2),
+    dict(backend="projected", dim=4, rerank=300),  # re-rank everything: must be exact
+    dict(backend="faiss", index="flat"),
+    dict(backend="auto"),
+]
+
+
+@pytest.mark.parametrize("cfg", EXACT_CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("k", [1, 3])
+def test_backends_match_brute_force(cfg: dict, k: int) -> None:
+    if cfg["backend"] == "faiss":
+        pytest.importorskip("faiss")
+    q, p = clustered(60, 300, 24)
+    bd, bi = brute(q, p, k)
+    d, i = search(q, p, k=k, **cfg)
+    assert d.shape == (60, k) and i.dtype == torch.int64
+    torch.testing.assert_close(d, bd, rtol=1e-4, atol=1e-4)
+    assert torch.equal(i, bi)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_ties_lowest_index(precision: str) -> None:
+    q, p = clustered(20, 50, 16, seed=1)
+    p = torch.cat([p, p, p])  # every row three times: ties everywhere
+    d, i = search(q, p, k=3, backend="exact", precision=precision, candidates=3)
+    bd, bi = brute(q, p, 1)
+    assert torch.equal(i[:, 0], bi[:, 0])
+    assert torch.equal(i, torch.stack([bi[:, 0], bi[:, 0] + 50, bi[:, 0] + 100], 1))
+    torch.testing.assert_close(d[:, 0], d[:, 2])
+
+
+def test_chunk_sizes_do_not_change_answers() -> None:
+    q, p = clustered(70, 500, 32, seed=2)
+    ref = search(q, p, k=2, backend="exact", precision="fp32")
+    for qb, pb in [(5, 7), (16, 64), (64, 1000)]:
+        for prec in ("fp32", "bf16"):
+            d, i = search(q, p, k=2, backend="exact", precision=prec, q_block=qb, p_block=pb)
+            assert torch.equal(i, ref[1])
+            torch.testing.assert_close(d, ref[0])
+    d, i = search(q, p, k=2, backend="exact", memory_budget_gb=1e-5)
+    assert torch.equal(i, ref[1])
+
+
+def test_rerank_never_worse_than_reduced_pass() -> None:
+    """Projected search with re-rank returns distances <= the candidate of the reduced pass."""
+    q, p = clustered(100, 2000, 64, seed=3)
+    s = Searcher(backend="projected", dim=8, rerank=16)
+    r = s.search(q, p, k=1)
+    # the reduced pass's own best (top-1 in projected space), scored exactly
+    mu, comps = s._proj_mean, s._proj_components
+    pq, pp = (q - mu) @ comps, (p - mu) @ comps
+    top1 = torch.cdist(pq, pp).argmin(1)
+    reduced = (q - p[top1]).square().sum(1)
+    assert bool((r.distances[:, 0] <= reduced + 1e-5).all())
+    bd, _ = brute(q, p, 1)
+    assert bool((r.distances[:, 0] >= bd[:, 0] - 1e-4).all())
+
+
+def test_certificate_detects_and_repairs() -> None:
+    """With a single candidate, most bf16 queries are uncertified, yet the answer is exact."""
+    q, p = clustered(40, 400, 48, seed=4)
+    stats: dict = {}
+    d, i = K.certified_scan(q, p, 1, 1, torch.bfloat16, q.mean(0), 8, 64, stats)
+    assert stats["uncertified"] > 0
+    assert torch.equal(i, brute(q, p, 1)[1])
+
+
+def test_dot_error_bound_holds() -> None:
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(64, 512, generator=g), torch.randn(256, 512, generator=g) * 3
+    approx = (x.bfloat16() @ y.bfloat16().T).float()
+    exact = x.double() @ y.double().T
+    bound = K.dot_error_coeff(torch.bfloat16, 512) * x.norm(dim=1)[:, None] * y.norm(dim=1)
+    assert bool(((approx.double() - exact).abs() <= bound.double()).all())
+
+
+def test_recall_estimator_matches_measured() -> None:
+    q, p = clustered(400, 3000, 64, seed=6)
+    r = Searcher(backend="projected", projection="random", dim=2, rerank=2,
+                 estimate_recall=400).search(q, p)
+    measured = float((r.distances[:, 0] <= brute(q, p, 1)[0][:, 0] * (1 + 1e-5)).float().mean())
+    assert r.stats["recall_queries"] == 400
+    assert abs(r.stats["recall_at_1"] - measured) < 1e-9
+    assert measured < 1.0  # the setting is deliberately lossy so the estimate is informative
+    sub = Searcher(backend="projected", projection="random", dim=2, rerank=2,
+                   estimate_recall=100).search(q, p)
+    assert abs(sub.stats["recall_at_1"] - measured) < 0.2
+    for key in ("build_s", "query_s", "total_s", "recall_s"):
+        assert sub.stats[key] >= 0
+
+
+def test_metrics() -> None:
+    q, p = clustered(30, 200, 12, seed=7)
+    d, i = search(q, p, k=2, metric="l1")
+    full = torch.cdist(q.double(), p.double(), p=1)
+    ref = full.topk(2, largest=False)
+    torch.testing.assert_close(d, ref.values.float())
+    torch.testing.assert_close(torch.gather(full, 1, i), ref.values)  # near-ties may swap
+    d, i = search(q, p, k=1, metric="cosine")
+    cos = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(p, dim=1).T
+    assert torch.equal(i[:, 0], cos.argmax(1))
+    torch.testing.assert_close(d[:, 0], 1 - cos.max(1).values, atol=1e-5, rtol=1e-5)
+    w = torch.randn(12, 5)
+    d, i = search(q, p, k=1, metric=lambda x: x @ w)
+    assert torch.equal(i, brute(q @ w, p @ w, 1)[1])
+
+
+def test_state_dict_roundtrip() -> None:
+    q, p = clustered(50, 500, 32, seed=8)
+    a = Searcher(backend="projected", dim=6, rerank=4)
+    ra = a.search(q, p)
+    state = a.state_dict()
+    assert state["projection"]["components"].shape == (32, 6)
+    b = Searcher(backend="projected", dim=6, rerank=4)
+    b.load_state_dict(state)
+    rb = b.search(q + 0.01, p)  # different queries: the saved projection is reused, not refitted
+    assert "fit_s" not in rb.stats
+    assert torch.equal(b._proj_components, a._proj_components)
+    assert torch.equal(Searcher(backend="projected", dim=6, rerank=4).search(q, p).indices,
+                       ra.indices)
+
+
+def test_bf16_pool_and_auto_choice() -> None:
+    q, p = clustered(30, 300, 16, seed=9)
+    d, i = search(q, p.bfloat16(), k=1, backend="exact", precision="bf16")
+    assert torch.equal(i, brute(q, p.bfloat16().float(), 1)[1])
+    assert choose_backend(10, 100, 8) == "exact"
+    assert choose_backend(8000, 200000, 3072) == "projected"
+    assert choose_backend(8000, 200000, 3072, device="cuda") == "exact"
+    assert choose_backend(8000, 200000, 3072, metric="l1") == "exact"
+
+
+def test_bad_inputs() -> None:
+    q, p = clustered(5, 20, 8)
+    with pytest.raises(ShapeError, match="dimension mismatch"):
+        search(q, p[:, :7])
+    with pytest.raises(ShapeError, match="empty"):
+        search(q, p[:0])
+    with pytest.raises(ShapeError, match="2-D"):
+        search(q[0], p)
+    bad = p.clone()
+    bad[3, 2] = float("nan")
+    for be in ("exact", "projected"):
+        with pytest.raises(DataError, match="NaN"):
+            search(q, bad, backend=be)
+    badq = q.clone()
+    badq[1, 1] = float("inf")
+    with pytest.raises(DataError, match="NaN or infinite"):
+        search(badq, p)
+    with pytest.raises(ConfigError, match="k="):
+        search(q, p, k=21)
+    with pytest.raises(ConfigError, match="unknown backend"):
+        Searcher(backend="dci")
+    with pytest.raises(ConfigError, match="unknown knn options"):
+        Searcher(rerankk=3)
+    with pytest.raises(ConfigError, match="l1"):
+        search(q, p, metric="l1", backend="projected")
+    with pytest.raises(DataError, match="zero"):
+        search(q, torch.zeros_like(p), metric="cosine")
+
+
+def test_faiss_missing_is_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *a, **kw):
+        if name == "faiss":
+            raise ImportError("no faiss")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    q, p = clustered(5, 20, 8)
+    with pytest.raises(ConfigError, match=r"pip install imle\[faiss\]"):
+        search(q, p, backend="faiss")
+
+
+@pytest.mark.slow
+def test_large_projected_recall() -> None:
+    q, p = clustered(2000, 50000, 512, seed=10)
+    r = Searcher(backend="auto", estimate_recall=500).search(q, p)
+    assert r.stats["backend"] == "projected"
+    assert r.stats["recall_at_1"] >= 0.9
