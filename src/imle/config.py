@@ -46,7 +46,7 @@ class ModelConfig:
             (64 channels, 1024 hidden units).
     """
 
-    type: str = "resconv28"
+    type: str = "dcgan28"
     latent_dim: int = 64
     width: int | None = None
 
@@ -70,16 +70,16 @@ class MethodConfig:
         pool_precision: "fp32" or "bf16" for pool generation and storage.
     """
 
-    subset_size: int | None = None
+    subset_size: int | None = 2000
     pool_multiplier: float = 10.0
     refresh_epochs: float = 5.0
     latent_noise: float = 0.01
     metric: str = "l2"
     search_backend: str = "auto"
     search_options: dict = field(default_factory=dict)
-    recall_sample: int = 0
+    recall_sample: int = 256
     pool_batch_size: int = 4096
-    pool_precision: str = "fp32"
+    pool_precision: str = "bf16"
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,15 @@ class OptimConfig:
     """
 
     type: str = "adam"
-    lr: float = 1e-3
+    lr: float = 4e-3
     beta1: float = 0.5
     beta2: float = 0.999
     weight_decay: float = 0.0
     batch_size: int = 64
-    lr_schedule: str = "constant"
+    lr_schedule: str = "cosine"
     lr_final_frac: float = 0.05
     warmup_steps: int = 0
-    ema_decay: float = 0.0
+    ema_decay: float = 0.999
     grad_clip: float = 0.0
 
 
@@ -268,7 +268,7 @@ def paper_config() -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(type="mlp", latent_dim=64, width=1024),
         method=MethodConfig(subset_size=None, pool_multiplier=10.0, refresh_epochs=5.0,
-                            latent_noise=0.01, pool_precision="fp32"),
+                            latent_noise=0.01, pool_precision="fp32", recall_sample=0),
         optim=OptimConfig(type="adam", lr=1e-3, beta1=0.5, beta2=0.999, batch_size=64,
                           lr_schedule="constant", ema_decay=0.0),
     )

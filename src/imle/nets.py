@@ -115,7 +115,7 @@ class DCGANGenerator(nn.Module):
 
 @register_generator("dcgan28")
 def _dcgan28(latent_dim: int, sample_shape: tuple[int, ...], width: int | None) -> nn.Module:
-    return DCGANGenerator(latent_dim, _need_image("dcgan28", sample_shape, 28), 28, width or 64)
+    return DCGANGenerator(latent_dim, _need_image("dcgan28", sample_shape, 28), 28, width or 32)
 
 
 @register_generator("dcgan32")

@@ -82,7 +82,7 @@ def sort_pairs(dist: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Ten
 
 
 def rerank_l2(queries: torch.Tensor, pool: torch.Tensor, cand: torch.Tensor, k: int,
-              q_block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+              q_block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact fp32 squared distances ||x - y||^2 (computed as differences, not by expansion).
 
     Args:
@@ -90,13 +90,17 @@ def rerank_l2(queries: torch.Tensor, pool: torch.Tensor, cand: torch.Tensor, k: 
         pool: (m, d) float tensor (fp32 or bf16; rows are converted to fp32).
         cand: (n, c) int64 candidate pool indices (duplicates allowed).
         k: number of neighbours to return (k <= c).
-        q_block: queries per gathered block ((q_block, c, d) fp32 temporary).
+        q_block: queries per gathered block ((q_block, c, d) fp32 temporary); default: about
+            128 gathered rows per block, which keeps the block in cache (measured 2-4x faster
+            than 16k-row blocks on CPU).
 
     Returns:
         (n, k) float32 squared distances and (n, k) int64 indices, nearest first, ties by lowest
         index.
     """
     n, c = cand.shape
+    if q_block is None:
+        q_block = max(1, 128 // c) if queries.device.type == "cpu" else 128
     out = torch.empty((n, c), dtype=torch.float32, device=queries.device)
     for s in range(0, n, q_block):
         e = min(n, s + q_block)
@@ -133,7 +137,8 @@ class CertifiedScan:
     `dot_error_coeff`), keeping the c smallest per query. The kept candidates are re-ranked
     exactly in fp32. A query is certified when the c-th kept lower bound exceeds its k-th exact
     distance: then no dropped row can be closer (nor tie with a lower index). Uncertified queries
-    are re-run in fp32 and, if still uncertified, by direct differences, so the answer is exact.
+    are re-scanned in bf16 with 8x more candidates (while c < 128), then in fp32 and, if still
+    uncertified, by direct differences, so the answer is exact.
 
     The pool is fed chunk by chunk (`update`), so one pass over the pool can serve several
     consumers (e.g. the projected backend's projection pass and the recall estimator).
@@ -202,7 +207,12 @@ class CertifiedScan:
         dist, idx = dist[:, :k].contiguous(), idx[:, :k].contiguous()
         if bad.numel():
             sub_q = self.queries[bad]
-            if self.dtype != torch.float32:
+            if self.dtype != torch.float32 and c < 128:
+                # Near ties within the bf16 error bound: rescan these queries in bf16 keeping
+                # 8x more candidates (much cheaper than fp32), recursively.
+                sd, si = certified_scan(sub_q, pool, k, max(8 * c, 64), self.dtype, self.mu,
+                                        self.q_block, p_block)
+            elif self.dtype != torch.float32:
                 sd, si = certified_scan(sub_q, pool, k, max(2 * c, 16), torch.float32, self.mu,
                                         self.q_block, p_block)
             else:

@@ -26,8 +26,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "dim": 64,                  # projected dimension d'
     "projection": "pca",        # "pca" (fitted on the first queries, then fixed) | "random"
     "rerank": 16,               # projected-space candidates re-ranked in the full space
-    "fit_samples": 16384,       # rows used to fit the PCA
-    "residual": 0.0,            # weight rho of the residual cross term, or None: see docs
+    "fit_samples": 4096,        # rows used to fit the PCA
+    "residual": None,           # None, or weight rho in [0, 1] of the residual-norm term (docs)
     "ivf_lists": 512,           # IVF lists over the projected pool (0: scan the whole pool)
     "ivf_probe": 24,            # IVF lists scanned per query
     "kmeans_iters": 8,          # k-means iterations fitting the IVF centroids (on the queries)
@@ -367,7 +367,7 @@ class Searcher:
         dim = comps.shape[1]
         low = torch.bfloat16 if o["project_precision"] == "bf16" else None
         aq = IVF.augment(q, mu, comps, "queries")
-        ap = IVF.augment(p, mu, comps, "pool", p_block=max(p_block, 4096), low=low)
+        ap = IVF.augment(p, mu, comps, "pool", p_block=512 if low else 4096, low=low)
         bias = None
         if o["residual"] is None:
             aq, ap = aq[:, :dim].contiguous(), ap[:, :dim].contiguous()
