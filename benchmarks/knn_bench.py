@@ -3,18 +3,22 @@
 Workloads (queries x pool x dims):
 
 * ``photos``: 8,000 real 32x32x3 patches of ../shared/data/photos (3,072 dims, like the paper's
-  CIFAR-10) against 200,000 samples of a generator trained (IMLE, briefly) on those patches.
+  CIFAR-10; ``imle.data.load_dataset("photos", "train")``) against 200,000 samples of the
+  project's ``dcgan32`` generator trained with `imle.IMLE` on those patches for 40 outer
+  iterations (cached under /tmp/imle_knn_bench; the training time is printed in the workload line).
 * ``hard``: 8,000 x 200,000 x 3,072 synthetic, each query lying between two pool rows so that its
   nearest and second-nearest distances differ by ~1 %.
-* ``mnist``: 10,000 MNIST train images against 100,000 samples of a generator trained on MNIST.
+* ``mnist``: 10,000 MNIST train images against 100,000 samples of a ``dcgan28`` generator
+  trained the same way on MNIST (15 outer iterations).
 * ``small``: a quick 2,000 x 20,000 x 3,072 photos workload for smoke runs.
 
 Every backend runs in a fresh subprocess that loads the cached inputs, so ``peak_mem_gb`` is the
 peak RSS (VmHWM from /proc/self/status) minus the RSS right after loading the inputs: the extra
 memory of the search. ``recall_at_1`` is measured against exact fp64 brute force on
 ``--ref-queries`` random queries (a returned neighbour counts if its fp64 distance equals the
-fp64 minimum). Times are medians over ``--repeats`` runs, each on a fresh `Searcher` (so they
-include fitting the PCA). ``ratio_vs_faiss`` = faiss flat total_s / backend total_s, same run.
+fp64 minimum); the default is 2,000 queries. Times are medians over ``--repeats`` runs, each on
+a fresh `Searcher` (so they include fitting the PCA and the IVF centroids).
+``ratio_vs_faiss`` = faiss flat total_s / backend total_s, same run.
 
 Usage::
 
@@ -48,7 +52,7 @@ CACHE = Path(os.environ.get("IMLE_BENCH_CACHE", "/tmp/imle_knn_bench"))
 WORKLOADS = {
     "photos": dict(n=8000, m=200000, kind="photos", cache="photos-dcgan32", train_outer=40),
     "hard": dict(n=8000, m=200000, kind="hard", cache="hard", train_outer=0),
-    "mnist": dict(n=10000, m=100000, kind="mnist", cache="mnist-dcgan28", train_outer=30),
+    "mnist": dict(n=10000, m=100000, kind="mnist", cache="mnist-dcgan28", train_outer=15),
     "small": dict(n=2000, m=20000, kind="photos", cache="small-dcgan32", train_outer=10),
 }
 
@@ -247,7 +251,8 @@ def main() -> None:
     ap.add_argument("--workload", nargs="+", default=["photos", "hard", "mnist"],
                     choices=list(WORKLOADS))
     ap.add_argument("--backends", nargs="+", default=["faiss-flat", "auto", "exact-bf16",
-                                                      "projected-pca64", "projected-rand128"],
+                                                      "proj-r8-p16", "proj-r32-p32",
+                                                      "proj-noivf-r16"],
                     choices=list(BACKENDS))
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--ref-queries", type=int, default=2000)

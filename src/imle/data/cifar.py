@@ -18,7 +18,7 @@ import torch
 from imle.errors import DataError
 
 from .base import DataSplit, check_split, default_cache_dir, file_key, uint8_to_float
-from .download import download_target, download_url, md5_file
+from .download import cleanup_new_dirs, download_target, download_url, md5_file
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -204,20 +204,21 @@ def load_cifar10(
         )
         if not download:
             raise DataError(hint + " (or allow downloading)")
-        target = download_target(home, "cifar10")
-        archive = target / "cifar-10-python.tar.gz"
-        if archive.is_file():
-            if md5_file(archive) != MD5:
-                raise DataError(
-                    f"{archive}: md5 does not match the official archive ({MD5}); delete it so "
-                    "that it is downloaded again"
-                )
-        else:
-            try:
-                download_url(list(mirrors or [URL]), archive, md5=MD5)
-            except DataError as e:
-                raise DataError(f"{hint}. The download failed ({e})") from e
-        _extract(archive, target)
+        with cleanup_new_dirs(home, default_cache_dir() / "cifar10"):
+            target = download_target(home, "cifar10")
+            archive = target / "cifar-10-python.tar.gz"
+            if archive.is_file():
+                if md5_file(archive) != MD5:
+                    raise DataError(
+                        f"{archive}: md5 does not match the official archive ({MD5}); delete it "
+                        "so that it is downloaded again"
+                    )
+            else:
+                try:
+                    download_url(list(mirrors or [URL]), archive, md5=MD5)
+                except DataError as e:
+                    raise DataError(f"{hint}. The download failed ({e})") from e
+            _extract(archive, target)
         archive.unlink(missing_ok=True)
         batch_dir = target / BATCH_DIR
     names = TRAIN_BATCHES if split == "train" else TEST_BATCHES

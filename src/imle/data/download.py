@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from imle.errors import DataError
@@ -81,6 +82,25 @@ def download_url(
     raise DataError(
         f"could not download {dest.name} to {dest.parent}; tried:\n  " + "\n  ".join(failures)
     )
+
+
+@contextlib.contextmanager
+def cleanup_new_dirs(*paths: Path) -> Iterator[None]:
+    """On failure inside the block, removes the still-empty folders it created on the way to
+    ``paths``, so a failed download leaves the user's disk as it was."""
+    missing: list[Path] = []
+    for path in paths:
+        p = Path(path)
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+    try:
+        yield
+    except BaseException:
+        for d in sorted(set(missing), key=lambda q: len(q.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 def is_writable_dir(path: Path) -> bool:

@@ -15,7 +15,7 @@ import torch
 from imle.errors import DataError
 
 from .base import DataSplit, check_split, default_cache_dir, file_key, uint8_to_float
-from .download import download_target, download_url
+from .download import cleanup_new_dirs, download_target, download_url
 
 # IDX type codes (third byte of the magic number) -> big-endian numpy dtype.
 _IDX_DTYPES = {
@@ -164,10 +164,11 @@ def _locate(
     )
     if not download:
         raise DataError(f"{where}; {hint} (or allow downloading)")
-    target = download_target(home, name)
     urls = [m.rstrip("/") + f"/{base}.gz" for m in (mirrors or spec.mirrors)]
     try:
-        return download_url(urls, target / f"{base}.gz", md5=spec.md5[base])
+        with cleanup_new_dirs(home, cache):
+            target = download_target(home, name)
+            return download_url(urls, target / f"{base}.gz", md5=spec.md5[base])
     except DataError as e:
         raise DataError(f"{where} and the download failed ({e}).\nWithout internet, {hint}") from e
 
