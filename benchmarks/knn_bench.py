@@ -251,8 +251,8 @@ def main() -> None:
     ap.add_argument("--workload", nargs="+", default=["photos", "hard", "mnist"],
                     choices=list(WORKLOADS))
     ap.add_argument("--backends", nargs="+", default=["faiss-flat", "auto", "exact-bf16",
-                                                      "proj-r8-p16", "proj-r32-p32",
-                                                      "proj-noivf-r16"],
+                                                      "proj-r8-p16", "proj-r16-p32",
+                                                      "proj-r32-p64", "proj-noivf-r16"],
                     choices=list(BACKENDS))
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--ref-queries", type=int, default=2000)

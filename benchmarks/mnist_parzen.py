@@ -39,6 +39,8 @@ def train(name: str, config: imle.TrainConfig, out: Path) -> Path:
     summary = imle.Trainer(config, run).train()
     print(f"[{name}] {summary['status']}: {summary['step']} steps, {summary['outer']} outer "
           f"iterations, {summary['elapsed_s']:.0f} s", flush=True)
+    if summary["status"] != "finished":
+        sys.exit(f"[{name}] stopped by {summary['signal']}; resume with imle train --resume {run}")
     return run
 
 
@@ -54,6 +56,9 @@ def score(label: str, samples: torch.Tensor, data_dir: str | None, metrics: list
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="budget and snapshots in wall minutes or in CPU minutes (process "
+                             "CPU time summed over threads)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--num", type=int, default=10_000, help="samples scored per model")
     parser.add_argument("--snapshots", default="", help="also score weights at these minutes")
@@ -65,7 +70,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     marks = tuple(float(s) for s in args.snapshots.split(",") if s.strip())
-    common = {"budget_type": "minutes", "budget": args.minutes, "data.data_dir": args.data_dir,
+    budget_type = "minutes" if args.clock == "wall" else "cpu_minutes"
+    common = {"budget_type": budget_type, "budget": args.minutes, "data.data_dir": args.data_dir,
               "progress": "none", "snapshot_minutes": marks, "sample_every_outer": 5}
     configs = {"default": replace(imle.TrainConfig(), **common)}
     if not args.skip_baseline:
@@ -100,7 +106,7 @@ def main() -> int:
             print(json.dumps(scored["row"]), flush=True)
 
     keys = ["parzen_ll", "parzen_std_err", "parzen_sigma", "fid"]
-    print(f"\nMNIST, {args.num} samples per model, budget {args.minutes:g} min, "
+    print(f"\nMNIST, {args.num} samples per model, budget {args.minutes:g} {args.clock} min, "
           f"{torch.get_num_threads()} threads")
     print(f"{'model':34s} " + " ".join(f"{k:>15s}" for k in keys))
     for row in rows:

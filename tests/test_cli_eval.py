@@ -8,26 +8,9 @@ import sys
 import types
 
 import numpy as np
-import pytest
 import torch
 
 from imle.cli_eval import main, register, run_eval, run_train_classifier
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine, 2 torch threads spin against other processes and run these
-    # small workloads many times slower than 1 thread; results do not depend on it.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    # Keep the disk cache of reference statistics out of the user's home during tests.
-    monkeypatch.setenv("IMLE_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _ring_samples(n=1500, seed=1):

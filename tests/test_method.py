@@ -9,8 +9,6 @@ from torch import nn
 import imle
 from imle.errors import ConfigError, ShapeError
 
-torch.set_num_threads(1)
-
 
 class PointMixture(nn.Module):
     """Uniform mixture of K learnable points plus small fixed Gaussian noise.

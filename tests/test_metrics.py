@@ -36,22 +36,6 @@ from imle.metrics import (
 from imle.metrics.features import WEIGHTS_DIR
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine, 2 torch threads spin against other processes and run these
-    # small workloads many times slower than 1 thread; results do not depend on it.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    # Keep the disk cache of reference statistics out of the user's home during tests.
-    monkeypatch.setenv("IMLE_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def rng(seed=0):
     return np.random.default_rng(seed)
 

@@ -17,8 +17,6 @@ from imle.checkpoint import latest_checkpoint, load_weights
 from imle.config import replace
 from imle.errors import CheckpointError, ConfigError
 
-torch.set_num_threads(1)
-
 
 def small_config(**updates) -> imle.TrainConfig:
     base = imle.TrainConfig(
@@ -83,6 +81,14 @@ def test_training_loss_falls_on_a_toy_mixture(tmp_path):
     first, last = log[0], log[-1]
     assert last["loss"] < 0.2 * first["loss"]
     assert last["matched_dist"] < 0.2 * first["matched_dist"]
+
+
+def test_cpu_minutes_budget_and_snapshots(tmp_path, data_dir):
+    config = small_config(budget_type="cpu_minutes", budget=0.02, snapshot_minutes=(0.01,))
+    summary = imle.Trainer(config, tmp_path / "run").train()
+    last = read_log(tmp_path / "run")[-1]
+    assert summary["status"] == "finished" and last["cpu_s"] >= 1.2
+    assert (tmp_path / "run" / "snapshots" / "min-0.01" / "ema.safetensors").exists()
 
 
 def test_interrupted_checkpoint_leftovers_are_ignored(tmp_path, data_dir):

@@ -22,7 +22,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,
             "optim": OptimConfig}
 # Flags whose plain field name would be ambiguous or unidiomatic.
 RENAMED = {("data", "name"): "data", ("model", "type"): "model", ("optim", "type"): "optimizer"}
-BUDGETS = ("minutes", "epochs", "steps", "outer")
+BUDGETS = ("minutes", "cpu_minutes", "epochs", "steps", "outer")
 TOP_LEVEL_SKIP = {"data", "model", "method", "optim", "budget", "budget_type"}
 
 
@@ -107,7 +107,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
                        help="continue RUN from its newest checkpoint (budget flags extend it)")
     budget = train.add_mutually_exclusive_group()
     for b in BUDGETS:
-        budget.add_argument(f"--{b}", type=float, help=f"budget in {b}")
+        budget.add_argument(f"--{b.replace('_', '-')}", dest=b, type=float,
+                            help=f"budget in {b.replace('_', ' ')}")
     table = _config_flags(train)
     train.set_defaults(func=_cmd_train, table=table)
 
@@ -154,7 +155,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         extra = [dest for _, _, dest in args.table if hasattr(args, dest)]
         if extra or args.config:
             raise ConfigError("--resume continues a run with its stored config; only a budget "
-                              "flag (--minutes/--epochs/--steps/--outer) may be given with it")
+                              "flag (--minutes/--cpu-minutes/--epochs/--steps/--outer) may be "
+                              "given with it")
         (budget_type, budget), = overrides.items() if overrides else ((None, None),)
         trainer = Trainer.resume(args.resume, budget=budget, budget_type=budget_type)
         print(f"resuming {args.resume} at step {trainer.step}", file=sys.stderr)

@@ -34,7 +34,7 @@ def _add_eval(sub) -> None:
                     "coverage, mode counts and a memorisation check, each beside its real-data "
                     "floor.")
     p.add_argument("target", help="run folder, or a .npy file of samples (N, C, H, W) in [0, 1]")
-    p.add_argument("--metrics", default=DEFAULT_METRICS,
+    p.add_argument("--metrics", "--metric", default=DEFAULT_METRICS,
                    help=f"comma-separated subset of {DEFAULT_METRICS} (default: all)")
     p.add_argument("--num", type=int, default=None,
                    help="samples to draw from a run (default 10000) or to use from a .npy "

@@ -117,8 +117,10 @@ class TrainConfig:
     """A whole training run.
 
     Attributes:
-        budget_type: what ends the run: "minutes" (wall clock of training), "epochs" (passes
-            over the data set), "steps" (SGD steps) or "outer" (outer iterations).
+        budget_type: what ends the run: "minutes" (wall clock of training), "cpu_minutes"
+            (CPU time of the training process summed over its threads, robust to other load on
+            a shared machine), "epochs" (passes over the data set), "steps" (SGD steps) or
+            "outer" (outer iterations).
         budget: amount of ``budget_type``.
         seed: seeds every random stream (latents, subsets, shuffling, noise, init).
         device: "cpu", "cuda", "cuda:N" or "auto".
@@ -127,7 +129,8 @@ class TrainConfig:
         sample_every_outer: write a PNG sample grid every this many outer iterations (0: never).
         checkpoint_every_minutes: periodic checkpoint interval (also written at the end and on
             SIGINT/SIGTERM).
-        snapshot_minutes: elapsed training minutes at which to keep a weights snapshot.
+        snapshot_minutes: training minutes at which to keep a weights snapshot (CPU minutes
+            when budget_type is "cpu_minutes", wall minutes otherwise).
         keep_checkpoints: how many periodic checkpoints to keep.
         progress: "tqdm" or "none".
     """
@@ -183,8 +186,9 @@ class TrainConfig:
         need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
         need(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
         need(o.grad_clip >= 0, "optim.grad_clip must be >= 0")
-        need(self.budget_type in ("minutes", "epochs", "steps", "outer"),
-             f"budget_type={self.budget_type!r}; choose minutes, epochs, steps or outer")
+        need(self.budget_type in ("minutes", "cpu_minutes", "epochs", "steps", "outer"),
+             f"budget_type={self.budget_type!r}; choose minutes, cpu_minutes, epochs, steps "
+             "or outer")
         need(self.budget > 0 and math.isfinite(self.budget),
              f"budget must be a positive number, got {self.budget}")
         need(self.progress in ("tqdm", "none"), "progress must be 'tqdm' or 'none'")

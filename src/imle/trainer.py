@@ -110,6 +110,7 @@ class Trainer:
         self.inner_step = 0
         self.examples_seen = 0
         self.elapsed = 0.0
+        self.cpu_elapsed = 0.0
         self.subset: torch.Tensor | None = None
         self.matched: torch.Tensor | None = None
         self.perm = torch.empty(0, dtype=torch.long)
@@ -158,6 +159,7 @@ class Trainer:
         return {
             "step": self.step, "outer": self.outer, "inner_step": self.inner_step,
             "examples_seen": self.examples_seen, "elapsed": self.elapsed,
+            "cpu_elapsed": self.cpu_elapsed,
             "subset": self.subset, "matched": self.matched,
             "perm": self.perm, "perm_pos": self.perm_pos,
             "acc": dict(self.acc), "match_stats": dict(self.match_stats),
@@ -187,7 +189,8 @@ class Trainer:
                 f"checkpoint {folder} does not fit this run's model ({exc}); was config.json "
                 f"edited? Restore it or start a new run"
             ) from exc
-        for key in ("step", "outer", "inner_step", "examples_seen", "elapsed", "perm_pos"):
+        for key in ("step", "outer", "inner_step", "examples_seen", "elapsed", "perm_pos",
+                    "cpu_elapsed"):
             setattr(self, key, state[key])
         self.subset, self.matched, self.perm = state["subset"], state["matched"], state["perm"]
         self.acc, self.match_stats = state["acc"], state["match_stats"]
@@ -203,7 +206,7 @@ class Trainer:
     def progress(self) -> float:
         """Fraction of the budget used, in [0, inf)."""
         c = self.config
-        done = {"minutes": self.elapsed / 60.0,
+        done = {"minutes": self.elapsed / 60.0, "cpu_minutes": self.cpu_elapsed / 60.0,
                 "epochs": self.examples_seen / self.data.shape[0],
                 "steps": float(self.step), "outer": float(self.outer_done())}[c.budget_type]
         return done / c.budget
@@ -242,7 +245,11 @@ class Trainer:
         self.acc = {"loss_sum": 0.0, "loss_n": 0, "sgd_s": 0.0}
 
     def _next_batch(self) -> torch.Tensor:
-        """Next mini-batch of positions in S; reshuffles S after each pass."""
+        """Next mini-batch of positions in S; reshuffles S after each pass.
+
+        The permutation runs on across outer iterations (S keeps its size, and a new S is a new
+        random subset anyway), so a pass can span a pool refresh.
+        """
         bs = min(self.config.optim.batch_size, self.subset_size)
         if self.perm_pos + bs > self.perm.numel():
             self.perm = torch.randperm(self.subset_size, generator=self.data_rng)
@@ -275,7 +282,7 @@ class Trainer:
         record = {
             "outer": self.outer, "step": self.step,
             "epoch": self.examples_seen / self.data.shape[0],
-            "elapsed_s": round(self.elapsed, 3),
+            "elapsed_s": round(self.elapsed, 3), "cpu_s": round(self.cpu_elapsed, 3),
             "loss": self.acc["loss_sum"] / max(self.acc["loss_n"], 1),
             "lr": self.optimizer.param_groups[0]["lr"],
             "sgd_s": self.acc["sgd_s"],
@@ -296,8 +303,10 @@ class Trainer:
             save_grid(images, self.run_dir / "samples" / f"step-{self.step:09d}.png", nrow=8)
 
     def _snapshot_due(self) -> float | None:
+        # Snapshots follow the budget's clock: CPU time for "cpu_minutes", wall time otherwise.
+        clock = self.cpu_elapsed if self.config.budget_type == "cpu_minutes" else self.elapsed
         for mark in self.config.snapshot_minutes:
-            if mark not in self.snapshots_done and self.elapsed >= mark * 60:
+            if mark not in self.snapshots_done and clock >= mark * 60:
                 return mark
         return None
 
@@ -306,7 +315,8 @@ class Trainer:
 
         folder = self.run_dir / "snapshots" / f"min-{mark:g}"
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"step": str(self.step), "elapsed_s": f"{self.elapsed:.1f}"}
+        meta = {"step": str(self.step), "elapsed_s": f"{self.elapsed:.1f}",
+                "cpu_s": f"{self.cpu_elapsed:.1f}"}
         save_weights(self.method.generator.state_dict(), folder / "model.safetensors", meta)
         if self.method.ema is not None:
             save_weights(self.method.ema.state_dict(), folder / "ema.safetensors", meta)
@@ -361,12 +371,13 @@ class Trainer:
             bar = tqdm(total=1000, initial=min(1000, int(self.progress() * 1000)),
                        desc=f"imle {self.run_dir.name}", unit="‰", dynamic_ncols=True)
         last_ckpt = time.perf_counter()
+        first_step = self.step
         try:
             with self._signals():
                 while self.progress() < 1.0 and self._stop_reason is None:
                     if until_step is not None and self.step >= until_step:
                         break
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     if self.matched is None or self.inner_step >= self.steps_per_outer:
                         if self.matched is not None:
                             last_record = self._maybe_log_and_grid()
@@ -378,6 +389,7 @@ class Trainer:
                     self.acc["loss_n"] += 1
                     self.acc["sgd_s"] += t2 - t1
                     self.elapsed += t2 - t0
+                    self.cpu_elapsed += time.process_time() - c0
                     mark = self._snapshot_due()
                     if mark is not None:
                         self._save_snapshot(mark)
@@ -391,7 +403,8 @@ class Trainer:
                         self.save_checkpoint()
                         last_ckpt = time.perf_counter()
                 finished = self.progress() >= 1.0
-                if self.matched is not None and finished and self._stop_reason is None:
+                stepped = self.step > first_step  # a resumed finished run logs nothing twice
+                if self.matched is not None and finished and stepped and self._stop_reason is None:
                     last_record = self._maybe_log_and_grid(force=True)
                 folder = self.save_checkpoint()
         finally:

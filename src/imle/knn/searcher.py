@@ -21,15 +21,15 @@ METRICS = ("l2", "l1", "cosine")
 DEFAULT_OPTIONS: dict[str, Any] = {
     # exact
     "precision": "auto",        # "auto" | "fp32" | "bf16": dtype of the exact backend's scan
-    "candidates": 8,            # candidates kept per query by a bf16 scan before fp32 re-rank
+    "candidates": 32,           # candidates kept per query by a bf16 scan before fp32 re-rank
     # projected
     "dim": 64,                  # projected dimension d'
     "projection": "pca",        # "pca" (fitted on the first queries, then fixed) | "random"
-    "rerank": 16,               # projected-space candidates re-ranked in the full space
+    "rerank": 32,               # projected-space candidates re-ranked in the full space
     "fit_samples": 4096,        # rows used to fit the PCA
     "residual": None,           # None, or weight rho in [0, 1] of the residual-norm term (docs)
     "ivf_lists": 512,           # IVF lists over the projected pool (0: scan the whole pool)
-    "ivf_probe": 24,            # IVF lists scanned per query
+    "ivf_probe": 32,            # IVF lists scanned per query
     "kmeans_iters": 8,          # k-means iterations fitting the IVF centroids (on the queries)
     "project_precision": "bf16",  # "bf16" | "fp32": matmul dtype projecting the pool
     # faiss
@@ -98,7 +98,8 @@ def choose_backend(n: int, m: int, d: int, device: torch.device | str = "cpu",
     * L1: "exact" (no matmul form).
     * small problems (n * m * d <= ``auto_exact_flops``): "exact" (fp32 scan).
     * CUDA: "exact" (certified bf16 scan on tensor cores).
-    * CPU, d >= 128 and m >= 4096: "projected" (PCA-64, re-rank 16).
+    * CPU, d >= 128 and m >= 4096: "projected" (PCA-64, IVF over the projected pool when
+      n >= 2048, exact re-rank of 32 candidates).
     * otherwise "exact" (certified bf16 scan).
     """
     if metric == "l1":
