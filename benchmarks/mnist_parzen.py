@@ -90,8 +90,9 @@ def main() -> int:
     rows += [parzen_real, fid_floor]
     for name, config in configs.items():
         run = train(name, config, args.out)
-        points = [(f"{name} @ {m:g} min", run / "snapshots" / f"min-{m:g}") for m in marks]
-        points.append((f"{name} @ {args.minutes:g} min", None))
+        unit = "min" if args.clock == "wall" else "cpu-min"
+        points = [(f"{name} @ {m:g} {unit}", run / "snapshots" / f"min-{m:g}") for m in marks]
+        points.append((f"{name} @ {args.minutes:g} {unit}", None))
         for label, folder in points:
             if folder is not None and not folder.exists():
                 print(f"[{name}] no snapshot {folder}; skipped", flush=True)
