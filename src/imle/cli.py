@@ -15,11 +15,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from imle.config import PRESETS, DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
+from imle.config import PRESETS, SECTIONS, TrainConfig
 from imle.errors import ConfigError, IMLEError
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,
-            "optim": OptimConfig}
 # Flags whose plain field name would be ambiguous or unidiomatic.
 RENAMED = {("data", "name"): "data", ("model", "type"): "model", ("optim", "type"): "optimizer"}
 BUDGETS = ("minutes", "cpu_minutes", "epochs", "steps", "outer")

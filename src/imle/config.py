@@ -233,7 +233,7 @@ def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
         )
     kwargs = {}
     for name, value in raw.items():
-        sub = _NESTED.get(name) if cls is TrainConfig else None
+        sub = SECTIONS.get(name) if cls is TrainConfig else None
         if sub is not None:
             kwargs[name] = _from_dict(sub, value, f"{name}.")
         elif name == "snapshot_minutes":
@@ -243,7 +243,8 @@ def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-_NESTED = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig, "optim": OptimConfig}
+#: The nested sections of a TrainConfig, by field name.
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig, "optim": OptimConfig}
 
 
 def replace(config: TrainConfig, **updates: Any) -> TrainConfig:

@@ -18,8 +18,14 @@ from typing import Any
 
 import torch
 
-from imle.checkpoint import latest_checkpoint, load_state, load_weights, write_checkpoint
-from imle.config import TrainConfig
+from imle.checkpoint import (
+    latest_checkpoint,
+    load_state,
+    load_weights,
+    save_weights,
+    write_checkpoint,
+)
+from imle.config import TrainConfig, replace
 from imle.errors import CheckpointError, ConfigError, DataError
 from imle.method import IMLE
 from imle.nets import build_generator
@@ -145,8 +151,6 @@ class Trainer:
         if budget_type is not None:
             updates["budget_type"] = budget_type
         if updates:
-            from imle.config import replace
-
             config = replace(config, **updates)
         folder = latest_checkpoint(run_dir / "checkpoints")
         if folder is None:
@@ -311,8 +315,6 @@ class Trainer:
         return None
 
     def _save_snapshot(self, mark: float) -> None:
-        from imle.checkpoint import save_weights
-
         folder = self.run_dir / "snapshots" / f"min-{mark:g}"
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"step": str(self.step), "elapsed_s": f"{self.elapsed:.1f}",
