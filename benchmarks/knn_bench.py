@@ -59,7 +59,8 @@ WORKLOADS = {
 BACKENDS = {
     "faiss-flat": dict(backend="faiss", index="flat"),
     "auto": dict(backend="auto"),
-    "exact-bf16": dict(backend="exact", precision="bf16"),
+    "exact": dict(backend="exact"),  # default: certified PCA pruning where it pays
+    "exact-bf16": dict(backend="exact", precision="bf16", prune="none"),
     "exact-fp32": dict(backend="exact", precision="fp32"),
     "projected-pca64": dict(backend="projected", projection="pca", dim=64, rerank=16),
     "proj-r8-p16": dict(backend="projected", rerank=8, ivf_probe=16),
@@ -231,8 +232,10 @@ def run_one(wdir: Path, name: str, repeats: int, n_ref: int, estimate: int) -> d
         if key in rows[-1]:
             v = rows[-1][key]
             out[key] = round(v, 3) if isinstance(v, float) else v
-    if "uncertified" in rows[-1]:
-        out["uncertified"] = rows[-1]["uncertified"]
+    for key in ("precision", "prune_dim", "round2", "uncertified", "round1_s", "round2_s"):
+        if key in rows[-1]:
+            v = rows[-1][key]
+            out[key] = round(v, 3) if isinstance(v, float) else v
     del exact_all
     return out
 
@@ -250,7 +253,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workload", nargs="+", default=["photos", "hard", "mnist"],
                     choices=list(WORKLOADS))
-    ap.add_argument("--backends", nargs="+", default=["faiss-flat", "auto", "exact-bf16",
+    ap.add_argument("--backends", nargs="+", default=["faiss-flat", "auto", "exact", "exact-bf16",
                                                       "proj-r8-p16", "proj-r16-p32",
                                                       "proj-r32-p64", "proj-noivf-r16"],
                     choices=list(BACKENDS))

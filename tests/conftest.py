@@ -12,7 +12,7 @@ os.environ.setdefault("IMLE_DATA_DIR", str(REPO.parent / "shared" / "data"))
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    path = Path(os.environ["IMLE_DATA_DIR"])
+    path = Path(os.environ["IMLE_DATA_DIR"]).resolve()
     if not (path / "mnist").is_dir():
         pytest.skip(f"real data not found under {path}; set IMLE_DATA_DIR")
     return path

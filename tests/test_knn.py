@@ -268,3 +268,100 @@ def test_projected_ivf_recall_and_state(residual: float | None) -> None:
     assert torch.equal(rt.indices, r.indices)
     with pytest.raises(ConfigError, match="residual"):
         Searcher(residual=2.0)
+
+
+# ---------------------------------------------------------------------------- PCA pruning
+def structured(n: int, m: int, d: int, far: float = 0.0, seed: int = 0, noise: float = 0.05
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-rank pool plus small noise (like generator samples); queries near pool rows, the
+    second half pushed ``far`` away in random directions (many rows nearly equidistant)."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(12, d, generator=g)
+    p = torch.randn(m, 12, generator=g) @ basis + noise * torch.randn(m, d, generator=g)
+    q = p[torch.randint(0, m, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
+    q[n // 2:] += far * torch.randn(n - n // 2, d, generator=g)
+    return q, p
+
+
+from imle.knn import _pruned as PR  # noqa: E402
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_pruned_exact_matches_brute_force(k: int) -> None:
+    q, p = structured(300, 3000, 96, far=3.0, noise=0.6)
+    basis = PR.fit_basis(p, 16, 1024, 0)
+    stats: dict = {}
+    found = PR.pruned_exact(q, p, k, basis, 2, 64, 512, stats, pilot=64, min_pilot=0.0)
+    assert found is not None and stats["pruning"] == "used"
+    assert 0 < stats["round2"] < 300  # both rounds did work
+    d, i = found
+    bd, bi = brute(q, p, k)
+    assert torch.equal(i, bi)
+    torch.testing.assert_close(d, bd, rtol=1e-4, atol=1e-4)
+
+
+def test_pruned_exact_ties_chunks_and_bf16_pool() -> None:
+    q, p = structured(120, 1000, 64, far=0.5, seed=1)
+    p3 = torch.cat([p, p, p])  # every row three times: ties everywhere
+    basis = PR.fit_basis(p3, 12, 1024, 0)
+    bd, bi = brute(q, p3, 3)
+    for qb, pb in [(7, 100), (64, 4096)]:
+        d, i = PR.pruned_exact(q, p3, 3, basis, 2, qb, pb, pilot=32)
+        assert torch.equal(i, bi)
+        assert torch.equal(i, torch.stack([bi[:, 0], bi[:, 0] + 1000, bi[:, 0] + 2000], 1))
+    pb16 = p.bfloat16()
+    d, i = PR.pruned_exact(q, pb16, 1, PR.fit_basis(pb16, 12, 1024, 0), 4, 32, 256, pilot=32)
+    assert torch.equal(i, brute(q, pb16.float(), 1)[1])
+
+
+def test_pruning_skipped_on_isotropic_noise_still_exact() -> None:
+    g = torch.Generator().manual_seed(2)
+    q, p = torch.randn(200, 256, generator=g), torch.randn(3000, 256, generator=g)
+    stats: dict = {}
+    assert PR.pruned_exact(q, p, 1, PR.fit_basis(p, 16, 1024, 0), 4, 64, 512, stats,
+                           pilot=64) is None
+    assert stats["pruning"] == "skipped"
+    r = Searcher(backend="exact", prune="pca", prune_dim=16).search(q, p, k=1)
+    # both pilot dims failed: the full certified scan answered
+    assert r.stats["pruning"] == "skipped" and r.stats["precision"] in ("fp32", "bf16")
+    assert torch.equal(r.indices, brute(q, p, 1)[1])
+
+
+def test_pruned_searcher_option_and_auto_rule() -> None:
+    q, p = structured(200, 2000, 128, far=1.0, seed=3)
+    r = Searcher(backend="exact", prune="pca", prune_dim=16, prune_candidates=4).search(q, p, 2)
+    assert r.stats["precision"] == "pruned-pca16"
+    assert torch.equal(r.indices, brute(q, p, 2)[1])
+    s = Searcher(backend="exact")
+    assert s._use_pruning(8000, 200000, 3072, torch.device("cpu"), "bf16")
+    assert not s._use_pruning(256, 200000, 3072, torch.device("cpu"), "bf16")  # few queries
+    assert not s._use_pruning(8000, 200000, 3072, torch.device("cpu"), "fp32")
+    assert not Searcher(prune="none")._use_pruning(8000, 200000, 3072, torch.device("cpu"),
+                                                    "bf16")
+    with pytest.raises(ConfigError, match="prune"):
+        Searcher(prune="yes")
+
+
+def test_pruning_error_bounds_hold() -> None:
+    """The computed augmented vectors are within kappa ||x - mu|| of the exact ones for the
+    nearest orthonormal basis, and the score error stays within its bound."""
+    q, p = structured(64, 2000, 192, far=2.0, seed=4)
+    p = p * 30 + 7  # large, offset values: rounding matters
+    q = q * 30 + 7
+    basis = PR.fit_basis(p, 24, 1024, 0)
+    aug, norms, _ = PR.project(p, basis, 333, "pool")
+    c64 = basis.comps.double()
+    u, _, vh = torch.linalg.svd(c64, full_matrices=False)
+    qexact = u @ vh                                    # nearest orthonormal basis (polar)
+    cen = p.double() - basis.mu.double()
+    a_ex = cen @ qexact
+    r_ex = (cen - a_ex @ qexact.T).norm(dim=1)
+    exact = torch.cat([a_ex, r_ex[:, None]], 1)
+    gap = (aug.double() - exact).norm(dim=1)
+    assert bool((gap <= basis.kappa * cen.norm(dim=1)).all())
+    aq, nq, _ = PR.project(q, basis, 64, "queries")
+    hq, hp = PR._sq(aq), PR._sq(aug)
+    score = torch.addmm(-hp, 2 * aq, aug.T).double()
+    score_ex = 2 * aq.double() @ aug.double().T - (aug.double() ** 2).sum(1)
+    err = PR._score_error(aq, hq, float(hp.max().sqrt()), float(hp.max())).double()
+    assert bool(((score - score_ex).abs() <= err[:, None]).all())

@@ -265,7 +265,10 @@ def certified_scan(queries: torch.Tensor, pool: torch.Tensor, k: int, c: int,
 
 
 def scan_topc_scores(q_aug: torch.Tensor, p_aug: torch.Tensor, c: int, q_block: int,
-                     p_block: int) -> torch.Tensor:
+                     p_block: int, bias: torch.Tensor | None = None,
+                     return_threshold: bool = False, q_extra: torch.Tensor | None = None,
+                     p_extra: torch.Tensor | None = None
+                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Top-c pool rows per query by the largest score ``q_aug . p_aug`` (e.g. bf16 projections).
 
     Uses a running threshold: a block's rows whose maximum score cannot enter the current top-c
@@ -277,9 +280,15 @@ def scan_topc_scores(q_aug: torch.Tensor, p_aug: torch.Tensor, c: int, q_block: 
         c: candidates per query.
         q_block: queries per block.
         p_block: pool rows per block.
+        bias: optional (m,) fp32 term added to every pool row's score (inside the matmul call).
+        return_threshold: also return the c-th largest score of each query; every row not
+            returned scored at most this value.
+        q_extra, p_extra: optional second pair (n, f) and (m, f), e.g. bf16, whose product
+            ``q_extra . p_extra`` is added to the score in fp32.
 
     Returns:
-        (n, c) int64 candidate indices (unordered; may repeat index 0 if m < c).
+        (n, c) int64 candidate indices (unordered; may repeat index 0 if m < c), and with
+        ``return_threshold`` the (n,) fp32 thresholds.
     """
     n = q_aug.shape[0]
     m = p_aug.shape[0]
@@ -294,7 +303,9 @@ def scan_topc_scores(q_aug: torch.Tensor, p_aug: torch.Tensor, c: int, q_block: 
         bv, bi, th = best_v[a:b], best_i[a:b], thr[a:b]
         for s in range(0, m, p_block):
             t = min(m, s + p_block)
-            sc = qb @ p_aug[s:t].T
+            sc = qb @ p_aug[s:t].T if bias is None else torch.addmm(bias[s:t], qb, p_aug[s:t].T)
+            if q_extra is not None:
+                sc += (q_extra[a:b] @ p_extra[s:t].T).float()
             kk = min(c, t - s)
             if s > 0:
                 mx = sc.amax(1).float()
@@ -317,4 +328,6 @@ def scan_topc_scores(q_aug: torch.Tensor, p_aug: torch.Tensor, c: int, q_block: 
             bv.copy_(nv)
             bi.copy_(torch.gather(ci, 1, o))
             th.copy_(nv.amin(1))
+    if return_threshold:
+        return best_i, thr
     return best_i

@@ -13,6 +13,7 @@ import torch
 from imle.errors import ConfigError, DataError, ShapeError
 from imle.knn import _ivf as IVF
 from imle.knn import _kernels as K
+from imle.knn import _pruned as PR
 
 BACKENDS = ("auto", "exact", "projected", "faiss")
 METRICS = ("l2", "l1", "cosine")
@@ -22,6 +23,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # exact
     "precision": "auto",        # "auto" | "fp32" | "bf16": dtype of the exact backend's scan
     "candidates": 32,           # candidates kept per query by a bf16 scan before fp32 re-rank
+    "prune": "auto",            # "auto" | "pca" | "none": certified PCA pruning in exact search
+    "prune_dim": 128,           # PCA dimension of the pruning bound (doubled once if too loose)
+    "prune_candidates": 16,     # candidates per query and pruning round
     # projected
     "dim": 64,                  # projected dimension d'
     "projection": "pca",        # "pca" (fitted on the first queries, then fixed) | "random"
@@ -145,6 +149,8 @@ class Searcher:
         o = self.options
         if o["precision"] not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {o['precision']!r}")
+        if o["prune"] not in ("auto", "pca", "none"):
+            raise ConfigError(f"prune must be 'auto', 'pca' or 'none', got {o['prune']!r}")
         if o["projection"] not in ("pca", "random"):
             raise ConfigError(f"projection must be 'pca' or 'random', got {o['projection']!r}")
         if o["residual"] is not None and not (isinstance(o["residual"], (int, float))
@@ -155,8 +161,9 @@ class Searcher:
                               f"{o['project_precision']!r}")
         if o["index"] not in ("flat", "ivf", "hnsw"):
             raise ConfigError(f"index must be 'flat', 'ivf' or 'hnsw', got {o['index']!r}")
-        for name in ("candidates", "dim", "rerank", "fit_samples", "nlist", "nprobe", "hnsw_m",
-                     "ef_search", "ivf_probe", "kmeans_iters"):
+        for name in ("candidates", "prune_dim", "prune_candidates", "dim", "rerank",
+                     "fit_samples", "nlist", "nprobe", "hnsw_m", "ef_search", "ivf_probe",
+                     "kmeans_iters"):
             if not isinstance(o[name], int) or o[name] < 1:
                 raise ConfigError(f"option {name} must be a positive int, got {o[name]!r}")
         if not isinstance(o["ivf_lists"], int) or o["ivf_lists"] < 0:
@@ -300,17 +307,52 @@ class Searcher:
                                               torch.cat([best_i, i + s], 1), k)
             stats.update(build_s=0.0, query_s=time.perf_counter() - t, precision="fp32")
             return best_v, best_i
-        prec = self.options["precision"]
+        o = self.options
+        prec = o["precision"]
         if prec == "auto":
-            prec = "fp32" if n * m * d <= self.options["auto_exact_flops"] else "bf16"
+            prec = "fp32" if n * m * d <= o["auto_exact_flops"] else "bf16"
+        if self._use_pruning(n, m, d, q.device, o["precision"]):
+            dim = min(o["prune_dim"], d)
+            dims = [dim, 2 * dim] if 2 * dim <= d // 4 else [dim]
+            basis = PR.fit_basis(p, dim, o["fit_samples"], o["seed"])
+            if basis.energy < 0.9 and len(dims) == 2:
+                dims = dims[1:]  # the basis misses > 10 % of the energy: its bound is loose
+            for dim in dims:
+                if basis.comps.shape[1] != dim:
+                    basis = PR.fit_basis(p, dim, o["fit_samples"], o["seed"])
+                found = PR.pruned_exact(q, p, k, basis, o["prune_candidates"], min(q_block, 512),
+                                        min(p_block, 4096), stats)
+                stats["prune_dim"] = dim
+                if found is not None:
+                    build = stats.get("prune_build_s", 0.0)
+                    stats.update(build_s=build, query_s=time.perf_counter() - t - build,
+                                 precision=f"pruned-pca{dim}")
+                    if o["estimate_recall"]:
+                        stats.update(recall_at_1=1.0, recall_queries=n, recall_s=0.0)
+                    return found
         dtype = torch.bfloat16 if prec == "bf16" else torch.float32
-        c = max(k, self.options["candidates"]) if prec == "bf16" else k + 3
+        c = max(k, o["candidates"]) if prec == "bf16" else k + 3
         center = q.float().mean(0)
         dist, idx = K.certified_scan(q, p, k, c, dtype, center, q_block, p_block, stats)
         stats.update(build_s=0.0, query_s=time.perf_counter() - t, precision=prec)
         if self.options["estimate_recall"]:
             stats.update(recall_at_1=1.0, recall_queries=n, recall_s=0.0)  # certified exact
         return dist, idx
+
+    def _use_pruning(self, n: int, m: int, d: int, device: torch.device, prec: str) -> bool:
+        """Whether the exact backend tries certified PCA pruning (`imle.knn._pruned`).
+
+        "auto": squared L2 on CPU, a large problem (n*m*d > ``auto_exact_flops``), d >= 256,
+        m >= 4096, and n >= 8 * ``prune_dim`` (projecting the pool costs about as much as a bf16
+        scan of that many queries). "pca" forces it; "none" or ``precision="fp32"`` disable it.
+        """
+        o = self.options
+        if o["prune"] == "none" or prec == "fp32":
+            return False
+        if o["prune"] == "pca":
+            return m > o["prune_candidates"]
+        return (torch.device(device).type == "cpu" and n * m * d > o["auto_exact_flops"]
+                and d >= 256 and m >= 4096 and n >= 8 * o["prune_dim"])
 
     # ------------------------------------------------------------------ projected
     def _fit_projection(self, q: torch.Tensor) -> None:
