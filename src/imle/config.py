@@ -41,13 +41,14 @@ class ModelConfig:
 
     Attributes:
         type: registered generator ("mlp", "dcgan28", "dcgan32", "resconv28").
-        latent_dim: dimension of z ~ N(0, I).
+        latent_dim: dimension of z ~ N(0, I) (reference code: 64; the tuned default 12 gave a
+            ~28 % lower FID on MNIST in equal-CPU tuning runs, see README).
         width: base channel count (conv) or hidden width (mlp); None: the network's default
             (64 channels, 1024 hidden units).
     """
 
     type: str = "dcgan28"
-    latent_dim: int = 64
+    latent_dim: int = 12
     width: int | None = None
 
 

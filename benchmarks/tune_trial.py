@@ -1,0 +1,58 @@
+"""One tuning trial: train ``TrainConfig()`` with overrides for a CPU-minute budget, then FID.
+
+Trials are compared at equal process CPU time on one torch thread each, so several can run side
+by side on a small machine (the budget counts this process's CPU time only).
+
+    python benchmarks/tune_trial.py NAME CPU_MINUTES [section.field=JSON ...] --out DIR
+
+Example (the latent-dimension trials behind the default):
+
+    python benchmarks/tune_trial.py L12 6 model.latent_dim=12 --out bench/tune
+
+Prints one JSON line (name, overrides, steps, outer iterations, FID of 10,000 samples in the
+MNIST classifier's features) and appends it to DIR/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+import imle
+from imle.config import replace
+from imle.metrics import evaluate
+from imle.trainer import sample_from_run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("name")
+    ap.add_argument("cpu_minutes", type=float)
+    ap.add_argument("overrides", nargs="*", help="section.field=JSON, e.g. model.latent_dim=12")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data-dir", default=os.environ.get("IMLE_DATA_DIR"))
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    over = {}
+    for kv in a.overrides:
+        key, value = kv.split("=", 1)
+        over[key] = json.loads(value)
+    cfg = replace(imle.TrainConfig(), budget_type="cpu_minutes", budget=a.cpu_minutes, threads=1,
+                  progress="none", sample_every_outer=20, **{"data.data_dir": a.data_dir}, **over)
+    run = a.out / a.name
+    summary = imle.Trainer(cfg, run).train()
+    x, _ = sample_from_run(run, 10_000, seed=0)
+    fid = evaluate(x, "mnist", ["fid"], data_dir=a.data_dir, seed=0, floors=False)["metrics"]["fid"]
+    row = {"name": a.name, "over": over, "steps": summary["step"], "outer": summary["outer"],
+           "fid": round(fid, 2)}
+    print(json.dumps(row), flush=True)
+    with open(a.out / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
