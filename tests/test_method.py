@@ -176,8 +176,29 @@ def test_bf16_pool_matches_fp32_closely():
     assert (bf.float() - fp).abs().max() < 0.02
 
 
+def test_bf16_training_step_tracks_fp32_and_keeps_fp32_state():
+    torch.manual_seed(0)
+    gen = imle.build_generator("dcgan28", 8, (1, 28, 28), width=8)
+    x, z = torch.rand(16, 1, 28, 28), torch.randn(16, 8)
+    grads = {}
+    for prec in ("fp32", "bf16"):
+        method = imle.IMLE(gen, 8, latent_noise=0.0, train_precision=prec)
+        gen.zero_grad()
+        loss = method(x, z)
+        loss.backward()
+        assert loss.dtype == torch.float32
+        grads[prec] = (loss.item(), [p.grad.clone() for p in gen.parameters()])
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32
+               for p in gen.parameters())
+    assert abs(grads["bf16"][0] - grads["fp32"][0]) < 0.01 * grads["fp32"][0]
+    for gb, gf in zip(grads["bf16"][1], grads["fp32"][1], strict=True):
+        cos = torch.nn.functional.cosine_similarity(gb.flatten(), gf.flatten(), dim=0)
+        assert cos > 0.99
+
+
 @pytest.mark.parametrize("kwargs", [{"latent_dim": 0}, {"pool_multiplier": 0},
-                                    {"pool_precision": "fp8"}, {"ema_decay": 1.0}])
+                                    {"pool_precision": "fp8"}, {"train_precision": "fp16"},
+                                    {"ema_decay": 1.0}])
 def test_bad_method_arguments_raise_config_error(kwargs):
     args = {"latent_dim": 4, **kwargs}
     with pytest.raises(ConfigError):

@@ -157,6 +157,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, data_dir):
     ({"budget_type": "hours"}, "budget_type"),
     ({"optim.batch_size": 0}, "batch_size"),
     ({"method.pool_precision": "int8"}, "pool_precision"),
+    ({"method.train_precision": "fp16"}, "train_precision"),
 ])
 def test_impossible_config_values_are_named(updates, message):
     with pytest.raises(ConfigError, match=message):

@@ -67,8 +67,11 @@ class MethodConfig:
         search_options: extra keyword options for the search backend.
         recall_sample: queries per outer iteration on which the search's recall@1 is measured
             against exact search (0: off).
-        pool_batch_size: generator batch size when drawing the pool (bounds memory).
+        pool_batch_size: generator batch size when drawing the pool (bounds memory). 256-512
+            drew a dcgan28 pool 1.6x faster than 4096 on the 2-core CPU (cache-sized batches).
         pool_precision: "fp32" or "bf16" for pool generation and storage.
+        train_precision: "fp32" or "bf16": autocast of the generator in the SGD steps (weights,
+            gradients, Adam state and loss stay fp32).
     """
 
     subset_size: int | None = 2000
@@ -79,8 +82,9 @@ class MethodConfig:
     search_backend: str = "auto"
     search_options: dict = field(default_factory=dict)
     recall_sample: int = 256
-    pool_batch_size: int = 4096
+    pool_batch_size: int = 512
     pool_precision: str = "bf16"
+    train_precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,8 @@ class TrainConfig:
         need(m.pool_batch_size >= 1, "method.pool_batch_size must be >= 1")
         need(m.pool_precision in ("fp32", "bf16"),
              f"method.pool_precision={m.pool_precision!r}; choose 'fp32' or 'bf16'")
+        need(m.train_precision in ("fp32", "bf16"),
+             f"method.train_precision={m.train_precision!r}; choose 'fp32' or 'bf16'")
         need(o.type in ("adam", "adamw"), f"optim.type={o.type!r}; choose 'adam' or 'adamw'")
         need(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be > 0, got {o.lr}")
         need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")

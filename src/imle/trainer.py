@@ -57,7 +57,8 @@ def build_method(config: TrainConfig, sample_shape: tuple[int, ...],
     method = IMLE(generator, config.model.latent_dim, pool_multiplier=m.pool_multiplier,
                   latent_noise=m.latent_noise, metric=m.metric, search_backend=m.search_backend,
                   search_options=options, pool_batch_size=m.pool_batch_size,
-                  pool_precision=m.pool_precision, ema_decay=config.optim.ema_decay)
+                  pool_precision=m.pool_precision, train_precision=m.train_precision,
+                  ema_decay=config.optim.ema_decay)
     return method.to(device)
 
 
@@ -172,6 +173,9 @@ class Trainer:
             "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
             "searcher": self.method.searcher.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            # Only the training device's generator: a resume on another GPU count still loads.
+            "cuda_rng": (torch.cuda.get_rng_state(self.device)
+                         if self.device.type == "cuda" else None),
         }
 
     def save_checkpoint(self) -> Path:
@@ -203,6 +207,8 @@ class Trainer:
         self.noise_rng.set_state(state["noise_rng"])
         self.method.searcher.load_state_dict(state["searcher"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if self.matched is not None:
             self.matched = self.matched.to(self.device)
 
