@@ -5,6 +5,9 @@ by side on a small machine (the budget counts this process's CPU time only).
 
     python benchmarks/tune_trial.py NAME CPU_MINUTES [section.field=JSON ...] --out DIR
 
+With ``--steps N`` the budget is N SGD steps instead (CPU_MINUTES is ignored), e.g. to compare
+configurations at equal steps on a GPU with ``--device cuda``.
+
 Example (the latent-dimension trials behind the default):
 
     python benchmarks/tune_trial.py L12 6 model.latent_dim=12 --out bench/tune
@@ -35,20 +38,24 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="section.field=JSON, e.g. model.latent_dim=12")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data-dir", default=os.environ.get("IMLE_DATA_DIR"))
+    ap.add_argument("--steps", type=int, default=0, help="budget in SGD steps instead")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(1)
     over = {}
     for kv in a.overrides:
         key, value = kv.split("=", 1)
         over[key] = json.loads(value)
-    cfg = replace(imle.TrainConfig(), budget_type="cpu_minutes", budget=a.cpu_minutes, threads=1,
-                  progress="none", sample_every_outer=20, **{"data.data_dir": a.data_dir}, **over)
+    budget = {"budget_type": "steps", "budget": a.steps} if a.steps else {
+        "budget_type": "cpu_minutes", "budget": a.cpu_minutes}
+    cfg = replace(imle.TrainConfig(), threads=1, progress="none", sample_every_outer=20,
+                  device=a.device, **budget, **{"data.data_dir": a.data_dir}, **over)
     run = a.out / a.name
     summary = imle.Trainer(cfg, run).train()
-    x, _ = sample_from_run(run, 10_000, seed=0)
+    x, _ = sample_from_run(run, 10_000, seed=0, device=a.device)
     fid = evaluate(x, "mnist", ["fid"], data_dir=a.data_dir, seed=0, floors=False)["metrics"]["fid"]
     row = {"name": a.name, "over": over, "steps": summary["step"], "outer": summary["outer"],
-           "fid": round(fid, 2)}
+           "device": a.device, "train_s": round(summary["elapsed_s"], 1), "fid": round(fid, 2)}
     print(json.dumps(row), flush=True)
     with open(a.out / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")

@@ -60,7 +60,8 @@ class MethodConfig:
         subset_size: |S|, examples matched per outer iteration; None means the whole data set
             (the reference code). A random subset is drawn each outer iteration otherwise.
         pool_multiplier: pool size m = pool_multiplier * |S| (reference: 10).
-        refresh_epochs: L expressed in epochs over S between pool refreshes (reference: 5).
+        refresh_epochs: L expressed in epochs over S between pool refreshes (reference: 5; the
+            default 2.5 lowered the 10-minute MNIST FID from 66.3 to 62.5, see README).
         latent_noise: std of Gaussian noise added to matched latents at each SGD step.
         metric: distance for matching ("l2" = squared Euclidean).
         search_backend: `imle.knn` backend ("auto", "exact", "projected", "faiss").
@@ -76,7 +77,7 @@ class MethodConfig:
 
     subset_size: int | None = 2000
     pool_multiplier: float = 10.0
-    refresh_epochs: float = 5.0
+    refresh_epochs: float = 2.5
     latent_noise: float = 0.01
     metric: str = "l2"
     search_backend: str = "auto"
