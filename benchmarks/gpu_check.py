@@ -42,6 +42,9 @@ import imle
 from imle.config import replace
 from imle.knn import Searcher
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from knn_bench import hard_case, train_imle_generator  # noqa: E402  (same workloads as the CPU)
+
 ROWS: list[dict] = []
 OUT: Path | None = None
 
@@ -108,50 +111,19 @@ def recall(got: torch.Tensor, ref: torch.Tensor, metric: str) -> float:
 
 
 # ---------------------------------------------------------------------------- data
-def hard_case(n: int, m: int, d: int, device: str, seed: int = 0
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Queries on the segment between two pool rows: nearest/second distances ~1 % apart."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    basis = torch.randn(256, d, generator=g, device=device) / 16
-    pool = torch.randn(m, 256, generator=g, device=device) @ basis
-    pool += 0.5 * torch.randn(m, d, generator=g, device=device)
-    a = torch.randint(0, m, (n,), generator=g, device=device)
-    b = torch.randint(0, m, (n,), generator=g, device=device)
-    q = pool[a] + 0.4988 * (pool[b] - pool[a])
-    return q.contiguous(), pool
-
-
 def photos_case(n: int, m: int, data_dir: str | None, device: str
                 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Real photo patches vs samples of a dcgan32 trained by IMLE on them (knn_bench recipe)."""
     from imle.data import load_dataset
 
     x = load_dataset("photos", "train", data_dir=data_dir).x.to(device)
-    torch.manual_seed(0)
-    gen = imle.build_generator("dcgan32", 64, tuple(x.shape[1:])).to(device)
-    method = imle.IMLE(gen, 64, pool_multiplier=10, search_backend="exact")
-    opt = torch.optim.Adam(gen.parameters(), lr=5e-4)
-    t0 = time.perf_counter()
-    for outer in range(40 // SCALE):
-        sub = x[torch.randperm(len(x), device=device)[:1000]]
-        matches = method.match(sub, seed=outer)
-        gen.train()
-        for _ in range(3):
-            for idx in torch.randperm(len(sub), device=device)[:1024].split(64):
-                loss = method(sub[idx], matches.latents[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    gen.eval()
-    sync()
-    took = time.perf_counter() - t0
+    gen, gdesc = train_imle_generator(x, "dcgan32", max(1, 40 // SCALE))
     g = torch.Generator(device=device).manual_seed(1)
     with torch.no_grad():
         pool = torch.cat([gen(torch.randn(5000, 64, generator=g, device=device)).flatten(1)
-                          for _ in range(m // 5000)])
+                          for _ in range(max(1, m // 5000))])
     sel = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
-    desc = (f"{n} real photo patches vs {m} samples of dcgan32 trained by IMLE on {device} "
-            f"({40 // SCALE} outer iterations, {took:.1f}s, final batch loss {loss.item():.1f})")
+    desc = f"{n} real photo patches vs {len(pool)} samples of a {gdesc}"
     return x[sel.to(device)].flatten(1).contiguous(), pool.contiguous(), desc
 
 

@@ -86,7 +86,8 @@ def train_imle_generator(x: torch.Tensor, arch: str, outer_iters: int, seed: int
     (exact search) and then takes 48 Adam steps (batch 64, lr 5e-4) on the matched latents.
 
     Args:
-        x: (N, C, H, W) float32 training images in [0, 1].
+        x: (N, C, H, W) float32 training images in [0, 1]; the generator is trained on x's
+            device.
         arch: generator name ("dcgan32", "dcgan28", ...).
         outer_iters: IMLE outer iterations (a fixed count, so that the pool does not depend on
             how busy the machine was).
@@ -98,18 +99,18 @@ def train_imle_generator(x: torch.Tensor, arch: str, outer_iters: int, seed: int
     import imle
 
     torch.manual_seed(seed)
-    gen = imle.build_generator(arch, 64, tuple(x.shape[1:]))
+    gen = imle.build_generator(arch, 64, tuple(x.shape[1:])).to(x.device)
     method = imle.IMLE(gen, 64, pool_multiplier=10, search_backend="exact")
     opt = torch.optim.Adam(gen.parameters(), lr=5e-4)
     t0 = time.perf_counter()
     outer = steps = 0
     loss = torch.tensor(float("nan"))
     while outer < outer_iters:
-        sub = x[torch.randperm(len(x))[:1000]]
+        sub = x[torch.randperm(len(x), device=x.device)[:1000]]
         matches = method.match(sub, seed=outer)
         gen.train()
         for _ in range(3):
-            for idx in torch.randperm(len(sub))[:1024].split(64):
+            for idx in torch.randperm(len(sub), device=x.device)[:1024].split(64):
                 loss = method(sub[idx], matches.latents[idx])
                 opt.zero_grad()
                 loss.backward()
@@ -117,12 +118,30 @@ def train_imle_generator(x: torch.Tensor, arch: str, outer_iters: int, seed: int
                 steps += 1
         outer += 1
     gen.eval()
+    if x.is_cuda:
+        torch.cuda.synchronize()
     took = time.perf_counter() - t0
-    desc = (f"{arch} generator trained by IMLE (imle.IMLE) for {took:.0f}s: {outer} outer "
-            f"iterations (1,000 examples vs 10,000-sample pools), {steps} Adam steps, final "
-            f"batch loss {float(loss):.1f}")
+    desc = (f"{arch} generator trained by IMLE (imle.IMLE) on {x.device.type} for {took:.1f}s: "
+            f"{outer} outer iterations (1,000 examples vs 10,000-sample pools), {steps} Adam "
+            f"steps, final batch loss {loss.item():.1f}")
     print(f"# {desc}", file=sys.stderr)
     return gen, desc
+
+
+def hard_case(n: int, m: int, d: int, device: str = "cpu", seed: int = 0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, d) queries and (m, d) pool, each query between two pool rows (distances ~1 % apart).
+
+    The pool is rank-256 Gaussian plus isotropic noise, drawn on ``device``.
+    """
+    g = torch.Generator(device=device).manual_seed(seed)
+    basis = torch.randn(256, d, generator=g, device=device) / 16
+    pool = torch.randn(m, 256, generator=g, device=device) @ basis
+    pool += 0.5 * torch.randn(m, d, generator=g, device=device)
+    a = torch.randint(0, m, (n,), generator=g, device=device)
+    b = torch.randint(0, m, (n,), generator=g, device=device)
+    t = 0.4988  # d(q, a)^2 / d(q, b)^2 = (t / (1 - t))^2 ~ 0.99
+    return (pool[a] + t * (pool[b] - pool[a])).contiguous(), pool
 
 
 def make_workload(name: str, train_outer: int | None) -> Path:
@@ -154,16 +173,8 @@ def make_workload(name: str, train_outer: int | None) -> Path:
                 f"'{spec['kind']}', 'train')); pool: {m} samples of a {gdesc}")
         q, pool = q.numpy(), pool.numpy()
     else:
-        dim = 3072
-        g = torch.Generator().manual_seed(0)
-        basis = torch.randn(256, dim, generator=g) / 16
-        pool = torch.randn(m, 256, generator=g) @ basis
-        pool += 0.5 * torch.randn(m, dim, generator=g)
-        a = torch.randint(0, m, (n,), generator=g)
-        b = torch.randint(0, m, (n,), generator=g)
-        t = 0.4988  # d(q, a)^2 / d(q, b)^2 = (t / (1 - t))^2 ~ 0.99
-        q = (pool[a] + t * (pool[b] - pool[a])).numpy()
-        pool = pool.numpy()
+        q, pool = hard_case(n, m, 3072)
+        q, pool = q.numpy(), pool.numpy()
         desc = (f"synthetic: pool {m} rows of rank-256 Gaussian + isotropic noise; each of {n} "
                 "queries on the segment between two pool rows, nearest/second distances ~1% apart")
     np.save(d / "queries.npy", np.ascontiguousarray(q, dtype=np.float32))
