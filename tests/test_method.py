@@ -222,3 +222,29 @@ def test_registry_generators_produce_requested_shapes():
                         ("dcgan32", (3, 32, 32)), ("resconv28", (1, 28, 28))]:
         net = imle.build_generator(name, 8, shape, width=8)
         assert net(torch.randn(3, 8)).shape == (3, *shape), name
+
+
+@pytest.mark.parametrize("c_in, c_out", [(32, 1), (16, 3)])
+def test_subpixel_transposed_convolution_equals_conv_transpose(c_in, c_out):
+    from imle.nets import SubpixelConvTranspose2d
+
+    torch.manual_seed(0)
+    fast = SubpixelConvTranspose2d(c_in, c_out)
+    ref = torch.nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+    ref.load_state_dict(fast.state_dict())  # same parameters and state-dict keys
+    x = torch.randn(5, c_in, 7, 7)
+    target = torch.randn(5, c_out, 14, 14)
+    outs = []
+    for layer in (fast, ref):
+        out = layer(x)
+        (out - target).pow(2).sum().backward()
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_dcgan_state_dict_keys_are_unchanged_by_the_subpixel_layer():
+    net = imle.build_generator("dcgan28", 12, (1, 28, 28))
+    assert sorted(net.state_dict()) == ["fc.0.bias", "fc.0.weight", "net.0.bias", "net.0.weight",
+                                        "net.2.bias", "net.2.weight"]

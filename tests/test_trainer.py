@@ -181,3 +181,13 @@ def test_generator_for_the_wrong_image_size_is_rejected(tmp_path, data_dir):
 def test_resume_needs_a_run_folder(tmp_path):
     with pytest.raises(CheckpointError, match="not a run folder"):
         imle.Trainer.resume(tmp_path)
+
+
+def test_recall_is_measured_on_every_nth_outer_iteration(tmp_path, data_dir):
+    cfg = small_config(**{"method.search_backend": "projected", "method.recall_sample": 50,
+                          "method.recall_every_outer": 3})
+    imle.Trainer(cfg, tmp_path / "run").train()
+    log = read_log(tmp_path / "run")
+    measured = [r["outer"] for r in log if "recall_at_1" in r]
+    assert measured == [r["outer"] for r in log if (r["outer"] - 1) % 3 == 0]
+    assert all(0 <= r["recall_at_1"] <= 1 for r in log if "recall_at_1" in r)

@@ -246,6 +246,10 @@ class Trainer:
         else:
             self.subset = torch.arange(n)
         queries = self.data[self.subset.to(self.device)]
+        m = self.config.method
+        if m.recall_sample > 0:  # the recall check is a diagnostic: run it on some refreshes only
+            due = self.outer % m.recall_every_outer == 0
+            self.method.searcher.options["estimate_recall"] = m.recall_sample if due else 0
         # The pool seed is a function of (seed, outer) so resumed runs redraw identical pools.
         matches = self.method.match(queries, seed=self.config.seed * 7_919 + self.outer + 1)
         self.matched = matches.latents
