@@ -69,7 +69,7 @@ class MethodConfig:
         recall_sample: queries on which the search's recall@1 is measured against exact
             search (0: off).
         recall_every_outer: measure that recall on every this many outer iterations, the first
-            included (the exact check cost ~8 % of an MNIST outer iteration when run on each).
+            included (on MNIST a check takes about 5 % of an outer iteration's time).
         pool_batch_size: generator batch size when drawing the pool (bounds memory). 256-512
             drew a dcgan28 pool 1.6x faster than 4096 on the 2-core CPU (cache-sized batches).
         pool_precision: "fp32" or "bf16" for pool generation and storage.

@@ -113,7 +113,7 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
     Same parameters, state-dict keys and outputs (up to float rounding) as the transposed
     convolution, but oneDNN's transposed-convolution kernels are slow for few output channels:
     for the 32 -> 1 output layer of ``dcgan28`` the sub-pixel form drew a 20,000-sample bf16 pool
-    in about half the time on the 2-core CPU (``benchmarks/step_cost_bench.py``).
+    1.5x faster on the 2-core CPU (``benchmarks/step_cost_bench.py``).
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -137,7 +137,8 @@ class DCGANGenerator(nn.Module):
     28x28: z -> (2w, 7, 7) -> (w, 14, 14) -> (C, 28, 28); 32x32: z -> (4w, 4, 4) -> (2w, 8, 8)
     -> (w, 16, 16) -> (C, 32, 32). Batch norm is left out on purpose: IMLE runs the generator on
     a large pool and then trains on small batches of matched latents, and batch statistics would
-    differ between the two.
+    differ between the two. The output layer is a `SubpixelConvTranspose2d` (the same function
+    as ``nn.ConvTranspose2d(.., 4, 2, 1)``, faster for few output channels).
     """
 
     def __init__(self, latent_dim: int, channels: int, size: int, width: int = 64) -> None:
