@@ -21,11 +21,40 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
 import imle
 from imle.config import replace
+
+
+def median_seconds(jobs: dict[str, Callable[[int], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each job(rep) over ``repeats`` rounds, after one warm-up round.
+
+    The jobs run interleaved, one of each per round, so that they see the same machine load.
+    """
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for rep in range(repeats + 1):
+        for name, job in jobs.items():
+            t = time.perf_counter()
+            job(rep)
+            if rep:  # the first round warms up the kernels
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def default_trainer(run_dir: str, a: argparse.Namespace, **overrides: object) -> imle.Trainer:
+    """A Trainer of the default config (with dotted overrides) after its first pool refresh."""
+    cfg = replace(imle.TrainConfig(), progress="none", threads=a.threads,
+                  **{"data.data_dir": a.data_dir, **overrides})
+    tr = imle.Trainer(cfg, run_dir)
+    tr._refresh()
+    return tr
+
+
+def sgd_steps(tr: imle.Trainer, steps: int) -> Callable[[int], object]:
+    return lambda rep: [tr._sgd_step() for _ in range(steps)]
 
 
 def main() -> None:
@@ -39,84 +68,48 @@ def main() -> None:
     print(f"torch {torch.__version__}, {a.threads} threads, median of {a.repeats}")
 
     gen = imle.build_generator("dcgan28", 12, (1, 28, 28))
-    sizes = (128, 512, 4096)
-    pool_s: dict[int, list[float]] = {bs: [] for bs in sizes}
-    for rep in range(a.repeats + 1):
-        for bs in sizes:
-            method = imle.IMLE(gen, 12, pool_precision="bf16", pool_batch_size=bs)
-            t = time.perf_counter()
-            method.generate_pool(20_000, seed=rep)
-            if rep:  # the first round warms up the kernels
-                pool_s[bs].append(time.perf_counter() - t)
+    methods = {bs: imle.IMLE(gen, 12, pool_precision="bf16", pool_batch_size=bs)
+               for bs in (128, 512, 4096)}
+    pool_s = median_seconds({str(bs): lambda rep, m=m: m.generate_pool(20_000, seed=rep)
+                             for bs, m in methods.items()}, a.repeats)
     print("\npool_batch_size  pool_s (20,000 samples)  vs 4096")
-    ref = statistics.median(pool_s[4096])
-    for bs in sizes:
-        med = statistics.median(pool_s[bs])
-        print(f"{bs:>15}  {med:>23.3f}  {ref / med:>7.2f}x")
+    for bs, med in pool_s.items():
+        print(f"{bs:>15}  {med:>23.3f}  {pool_s['4096'] / med:>7.2f}x")
 
-    trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for prec in ("fp32", "bf16"):
-            cfg = replace(imle.TrainConfig(), progress="none", threads=a.threads,
-                          **{"data.data_dir": a.data_dir, "method.train_precision": prec})
-            tr = imle.Trainer(cfg, os.path.join(tmp, prec))
-            tr._refresh()
-            trainers[prec] = tr
-        step_ms: dict[str, list[float]] = {p: [] for p in trainers}
-        for rep in range(a.repeats + 1):
-            for prec, tr in trainers.items():
-                t = time.perf_counter()
-                for _ in range(a.steps):
-                    tr._sgd_step()
-                    tr.step += 1
-                if rep:
-                    step_ms[prec].append((time.perf_counter() - t) / a.steps * 1e3)
+        trainers = {prec: default_trainer(os.path.join(tmp, prec), a,
+                                          **{"method.train_precision": prec})
+                    for prec in ("fp32", "bf16")}
+        step_s = median_seconds({prec: sgd_steps(tr, a.steps) for prec, tr in trainers.items()},
+                                a.repeats)
     print("\ntrain_precision  ms per SGD step (default config, MNIST)  vs fp32")
-    ref = statistics.median(step_ms["fp32"])
-    for prec, v in step_ms.items():
-        med = statistics.median(v)
-        print(f"{prec:>15}  {med:>38.2f}  {ref / med:>7.2f}x")
+    for prec, med in step_s.items():
+        print(f"{prec:>15}  {med / a.steps * 1e3:>38.2f}  {step_s['fp32'] / med:>7.2f}x")
     output_layer_comparison(a)
 
 
 def output_layer_comparison(a: argparse.Namespace) -> None:
     """Section 3: sub-pixel against transposed-convolution output layer, same weights."""
-    variants = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("subpixel", "conv_transpose"):
-            cfg = replace(imle.TrainConfig(), progress="none", threads=a.threads,
-                          **{"data.data_dir": a.data_dir})
-            tr = imle.Trainer(cfg, os.path.join(tmp, name))
-            if name == "conv_transpose":
-                for net in (tr.method.generator, tr.method.ema):
-                    old = net.net[2]
-                    plain = torch.nn.ConvTranspose2d(old.in_channels, old.out_channels, 4, 2, 1)
-                    plain.load_state_dict(old.state_dict())
-                    net.net[2] = plain
-                tr.optimizer = type(tr.optimizer)(tr.method.generator.parameters(),
-                                                  **tr.optimizer.defaults)
-            tr._refresh()
-            variants[name] = tr
-        pool_s: dict[str, list[float]] = {v: [] for v in variants}
-        step_ms: dict[str, list[float]] = {v: [] for v in variants}
-        for rep in range(a.repeats + 1):
-            for name, tr in variants.items():
-                t = time.perf_counter()
-                tr.method.generate_pool(20_000, seed=rep)
-                t_pool = time.perf_counter() - t
-                t = time.perf_counter()
-                for _ in range(a.steps):
-                    tr._sgd_step()
-                    tr.step += 1
-                if rep:
-                    pool_s[name].append(t_pool)
-                    step_ms[name].append((time.perf_counter() - t) / a.steps * 1e3)
+        variants = {name: default_trainer(os.path.join(tmp, name), a)
+                    for name in ("subpixel", "conv_transpose")}
+        tr = variants["conv_transpose"]
+        for net in (tr.method.generator, tr.method.ema):
+            old = net.net[2]
+            plain = torch.nn.ConvTranspose2d(old.in_channels, old.out_channels, 4, 2, 1)
+            plain.load_state_dict(old.state_dict())
+            net.net[2] = plain
+        tr.optimizer = type(tr.optimizer)(tr.method.generator.parameters(),
+                                          **tr.optimizer.defaults)
+        pool_s = median_seconds({name: lambda rep, t=t: t.method.generate_pool(20_000, seed=rep)
+                                 for name, t in variants.items()}, a.repeats)
+        step_s = median_seconds({name: sgd_steps(t, a.steps) for name, t in variants.items()},
+                                a.repeats)
     print("\noutput layer    pool_s (20,000, bf16)  vs plain  ms per SGD step (fp32)  vs plain")
-    ref_p = statistics.median(pool_s["conv_transpose"])
-    ref_s = statistics.median(step_ms["conv_transpose"])
     for name in variants:
-        p, s = statistics.median(pool_s[name]), statistics.median(step_ms[name])
-        print(f"{name:>14}  {p:>21.3f}  {ref_p / p:>7.2f}x  {s:>22.2f}  {ref_s / s:>7.2f}x")
+        p, st = pool_s[name], step_s[name]
+        print(f"{name:>14}  {p:>21.3f}  {pool_s['conv_transpose'] / p:>7.2f}x  "
+              f"{st / a.steps * 1e3:>22.2f}  {step_s['conv_transpose'] / st:>7.2f}x")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,16 @@ def test_recall_estimator_matches_measured() -> None:
         assert sub.stats[key] >= 0
 
 
+def test_recall_sample_can_be_set_per_call() -> None:
+    q, p = clustered(200, 3000, 64, seed=6)
+    searcher = Searcher(backend="projected", estimate_recall=100)
+    assert searcher.search(q, p, estimate_recall=50).stats["recall_queries"] == 50
+    assert "recall_at_1" not in searcher.search(q, p, estimate_recall=0).stats
+    assert searcher.search(q, p).stats["recall_queries"] == 100  # the option is untouched
+    with pytest.raises(ConfigError, match="estimate_recall"):
+        searcher.search(q, p, estimate_recall=-1)
+
+
 def test_metrics() -> None:
     q, p = clustered(30, 200, 12, seed=7)
     d, i = search(q, p, k=2, metric="l1")

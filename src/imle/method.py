@@ -194,13 +194,16 @@ class IMLE(nn.Module):
         return Pool(latents, samples.flatten(1))
 
     @torch.no_grad()
-    def match(self, data: torch.Tensor, seed: int = 0, pool_size: int | None = None) -> Matches:
+    def match(self, data: torch.Tensor, seed: int = 0, pool_size: int | None = None,
+              estimate_recall: int | None = None) -> Matches:
         """Matches every example to its nearest sample of a fresh pool.
 
         Args:
             data: (n, *sample_shape) examples.
             seed: seed of the pool's latents.
             pool_size: m; default ceil(pool_multiplier * n).
+            estimate_recall: queries on which to estimate the search's recall@1 in this call
+                (0: none); None uses the searcher's ``estimate_recall`` option.
 
         Returns:
             Matches with (n, latent_dim) latents and (n,) distances (squared for "l2").
@@ -213,7 +216,7 @@ class IMLE(nn.Module):
         pool = self.generate_pool(m, seed)
         t1 = time.perf_counter()
         queries = data.reshape(data.shape[0], -1).to(self.device, torch.float32)
-        result = self.searcher.search(queries, pool.samples, k=1)
+        result = self.searcher.search(queries, pool.samples, k=1, estimate_recall=estimate_recall)
         t2 = time.perf_counter()
         idx = result.indices[:, 0]
         stats = {"pool_s": t1 - t0, "search_s": t2 - t1, "pool_size": m}

@@ -51,12 +51,9 @@ def build_method(config: TrainConfig, sample_shape: tuple[int, ...],
     if generator is None:
         generator = build_generator(config.model.type, config.model.latent_dim, sample_shape,
                                     config.model.width)
-    options = dict(m.search_options)
-    if m.recall_sample > 0:
-        options["estimate_recall"] = m.recall_sample
     method = IMLE(generator, config.model.latent_dim, pool_multiplier=m.pool_multiplier,
                   latent_noise=m.latent_noise, metric=m.metric, search_backend=m.search_backend,
-                  search_options=options, pool_batch_size=m.pool_batch_size,
+                  search_options=m.search_options, pool_batch_size=m.pool_batch_size,
                   pool_precision=m.pool_precision, train_precision=m.train_precision,
                   ema_decay=config.optim.ema_decay)
     return method.to(device)
@@ -247,11 +244,12 @@ class Trainer:
             self.subset = torch.arange(n)
         queries = self.data[self.subset.to(self.device)]
         m = self.config.method
+        recall = None  # recall_sample 0 leaves it to search_options
         if m.recall_sample > 0:  # the recall check is a diagnostic: run it on some refreshes only
-            due = self.outer % m.recall_every_outer == 0
-            self.method.searcher.options["estimate_recall"] = m.recall_sample if due else 0
+            recall = m.recall_sample if self.outer % m.recall_every_outer == 0 else 0
         # The pool seed is a function of (seed, outer) so resumed runs redraw identical pools.
-        matches = self.method.match(queries, seed=self.config.seed * 7_919 + self.outer + 1)
+        matches = self.method.match(queries, seed=self.config.seed * 7_919 + self.outer + 1,
+                                    estimate_recall=recall)
         self.matched = matches.latents
         self.match_stats = {"matched_dist": float(matches.distances.mean()), **matches.stats}
         self.outer += 1

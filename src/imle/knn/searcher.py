@@ -240,13 +240,16 @@ class Searcher:
         return queries, pool
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: torch.Tensor, pool: torch.Tensor, k: int = 1) -> SearchResult:
+    def search(self, queries: torch.Tensor, pool: torch.Tensor, k: int = 1,
+               estimate_recall: int | None = None) -> SearchResult:
         """Finds the k nearest pool rows of every query row.
 
         Args:
             queries: (n, d) float tensor (fp32, bf16 or fp16).
             pool: (m, d) float tensor on the same device.
             k: number of neighbours (1 <= k <= m).
+            estimate_recall: queries sampled for the recall@1 estimate of this call; None uses
+                the searcher's ``estimate_recall`` option.
 
         Returns:
             SearchResult with (n, k) distances (SQUARED Euclidean for "l2") and int64 indices,
@@ -259,6 +262,9 @@ class Searcher:
         """
         t0 = time.perf_counter()
         _check(queries, pool, k)
+        n_recall = self.options["estimate_recall"] if estimate_recall is None else estimate_recall
+        if not isinstance(n_recall, int) or n_recall < 0:
+            raise ConfigError(f"estimate_recall must be an int >= 0, got {n_recall!r}")
         n = queries.shape[0]
         if n == 0:
             empty = torch.empty((0, k), device=queries.device)
@@ -275,19 +281,19 @@ class Searcher:
             raise ConfigError(f"metric 'l1' is only supported by the exact backend, not {backend}")
         with torch.no_grad():
             if backend == "exact":
-                dist, idx = self._exact(q, p, k, metric, stats)
+                dist, idx = self._exact(q, p, k, metric, stats, n_recall)
             elif backend == "projected":
-                dist, idx = self._projected(q, p, k, stats)
+                dist, idx = self._projected(q, p, k, stats, n_recall)
             else:
-                dist, idx = self._faiss(q, p, k, stats)
+                dist, idx = self._faiss(q, p, k, stats, n_recall)
         if self.metric == "cosine":
             dist = dist * 0.5  # ||a - b||^2 / 2 = 1 - cos for unit vectors
         stats["total_s"] = time.perf_counter() - t0
         return SearchResult(dist, idx, stats)
 
     # ------------------------------------------------------------------ exact
-    def _exact(self, q: torch.Tensor, p: torch.Tensor, k: int, metric: str, stats: dict
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _exact(self, q: torch.Tensor, p: torch.Tensor, k: int, metric: str, stats: dict,
+               n_recall: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, d = q.shape
         m = p.shape[0]
         q_block, p_block = self._blocks(n, m, d)
@@ -327,7 +333,7 @@ class Searcher:
                     build = stats.get("prune_build_s", 0.0)
                     stats.update(build_s=build, query_s=time.perf_counter() - t - build,
                                  precision=f"pruned-pca{dim}")
-                    if o["estimate_recall"]:
+                    if n_recall:
                         stats.update(recall_at_1=1.0, recall_queries=n, recall_s=0.0)
                     return found
         dtype = torch.bfloat16 if prec == "bf16" else torch.float32
@@ -335,7 +341,7 @@ class Searcher:
         center = q.float().mean(0)
         dist, idx = K.certified_scan(q, p, k, c, dtype, center, q_block, p_block, stats)
         stats.update(build_s=0.0, query_s=time.perf_counter() - t, precision=prec)
-        if self.options["estimate_recall"]:
+        if n_recall:
             stats.update(recall_at_1=1.0, recall_queries=n, recall_s=0.0)  # certified exact
         return dist, idx
 
@@ -393,7 +399,7 @@ class Searcher:
             return 0
         return lists
 
-    def _projected(self, q: torch.Tensor, p: torch.Tensor, k: int, stats: dict
+    def _projected(self, q: torch.Tensor, p: torch.Tensor, k: int, stats: dict, n_recall: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.options
         n, d = q.shape
@@ -441,7 +447,7 @@ class Searcher:
         stats["query_s"] = time.perf_counter() - t
         stats.update(dim=dim, rerank=c, projection=self._proj_kind, ivf_lists=lists,
                      ivf_probe=min(o["ivf_probe"], lists) if lists else 0)
-        n_rec = min(o["estimate_recall"], n)
+        n_rec = min(n_recall, n)
         if n_rec:
             tr = time.perf_counter()
             g = torch.Generator(device="cpu").manual_seed(o["seed"] + 1)
@@ -453,7 +459,7 @@ class Searcher:
         return dist, idx
 
     # ------------------------------------------------------------------ faiss
-    def _faiss(self, q: torch.Tensor, p: torch.Tensor, k: int, stats: dict
+    def _faiss(self, q: torch.Tensor, p: torch.Tensor, k: int, stats: dict, n_recall: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
         from imle.knn._faiss import faiss_search
 
@@ -464,7 +470,7 @@ class Searcher:
         K.check_finite(pf.square().sum(1), "pool")
         dist, idx, build_s = faiss_search(qf, pf, k, o)
         stats.update(build_s=build_s, query_s=time.perf_counter() - t - build_s, index=o["index"])
-        n_rec = min(o["estimate_recall"], q.shape[0])
+        n_rec = min(n_recall, q.shape[0])
         if n_rec:
             tr = time.perf_counter()
             q_block, p_block = self._blocks(n_rec, p.shape[0], p.shape[1])
