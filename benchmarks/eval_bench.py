@@ -29,7 +29,7 @@ TARGET_S = 300.0
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="run folder (samples drawn with imle.trainer.sample_from_run)")
+    src.add_argument("--run", help="run folder (samples drawn with imle.runs.sample_from_run)")
     src.add_argument("--samples", help=".npy of samples (N, C, H, W) in [0, 1]")
     src.add_argument("--real-split", help="use this split of --data as the samples (e.g. val)")
     p.add_argument("--data", default=None, help="reference data set (default: the run's)")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     data, data_dir = args.data, args.data_dir
     if args.run:
-        from imle.trainer import sample_from_run
+        from imle.runs import sample_from_run
 
         x, config = sample_from_run(args.run, args.num, seed=args.seed)
         data = data or config["data"]["name"]

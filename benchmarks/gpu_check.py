@@ -277,7 +277,7 @@ def time_knn(dev: str, data_dir: str | None, repeats: int) -> None:
 
 def check_training(dev: str, data_dir: str | None, seconds: float, out: Path) -> None:
     from imle.metrics import evaluate
-    from imle.trainer import sample_from_run
+    from imle.runs import sample_from_run
 
     cfg = replace(imle.TrainConfig(), device=dev, budget_type="minutes", budget=seconds / 60,
                   progress="none", **{"data.data_dir": data_dir})

@@ -2,7 +2,7 @@
 
 1. Pool generation: seconds to draw a 20,000-sample pool of the default generator (``dcgan28``,
    latent 12, bf16) with ``IMLE.generate_pool`` for several ``pool_batch_size`` values.
-2. SGD step: milliseconds per ``Trainer._sgd_step`` of the default config on real MNIST after
+2. SGD step: milliseconds per ``Trainer.sgd_step`` of the default config on real MNIST after
    one pool refresh, ``method.train_precision`` fp32 against bf16.
 3. Output layer: the same two figures (pool of 20,000 at batch 512; fp32 SGD step) with the
    ``dcgan28`` output layer computed as ``imle.nets.SubpixelConvTranspose2d`` (the default)
@@ -49,12 +49,12 @@ def default_trainer(run_dir: str, a: argparse.Namespace, **overrides: object) ->
     cfg = replace(imle.TrainConfig(), progress="none", threads=a.threads,
                   **{"data.data_dir": a.data_dir, **overrides})
     tr = imle.Trainer(cfg, run_dir)
-    tr._refresh()
+    tr.refresh()
     return tr
 
 
 def sgd_steps(tr: imle.Trainer, steps: int) -> Callable[[int], object]:
-    return lambda rep: [tr._sgd_step() for _ in range(steps)]
+    return lambda rep: [tr.sgd_step() for _ in range(steps)]
 
 
 def main() -> None:

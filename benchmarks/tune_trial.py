@@ -28,7 +28,7 @@ import torch
 import imle
 from imle.config import replace
 from imle.metrics import evaluate
-from imle.trainer import sample_from_run
+from imle.runs import sample_from_run
 
 
 def main() -> None:
@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.environ.get("IMLE_DATA_DIR"))
     ap.add_argument("--steps", type=int, default=0, help="budget in SGD steps instead")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--extractor", default="mnist-cnn",
+                    help="network whose features FID is measured in (never the one a trial "
+                         "matched in: use mnist-avgcnn for trials with the classifier distance)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     over = {}
@@ -53,8 +56,10 @@ def main() -> None:
     run = a.out / a.name
     summary = imle.Trainer(cfg, run).train()
     x, _ = sample_from_run(run, 10_000, seed=0, device=a.device)
-    fid = evaluate(x, "mnist", ["fid"], data_dir=a.data_dir, seed=0, floors=False)["metrics"]["fid"]
+    fid = evaluate(x, "mnist", ["fid"], data_dir=a.data_dir, seed=0, floors=False,
+                   extractor=a.extractor)["metrics"]["fid"]
     row = {"name": a.name, "over": over, "steps": summary["step"], "outer": summary["outer"],
+           "extractor": a.extractor,
            "device": a.device, "train_s": round(summary["elapsed_s"], 1), "fid": round(fid, 2)}
     print(json.dumps(row), flush=True)
     with open(a.out / "results.jsonl", "a") as f:

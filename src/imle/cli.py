@@ -19,7 +19,9 @@ from imle.config import PRESETS, SECTIONS, TrainConfig
 from imle.errors import ConfigError, IMLEError
 
 # Flags whose plain field name would be ambiguous or unidiomatic.
-RENAMED = {("data", "name"): "data", ("model", "type"): "model", ("optim", "type"): "optimizer"}
+RENAMED = {("data", "name"): "data", ("data", "options"): "data-options",
+           ("model", "type"): "model", ("optim", "type"): "optimizer",
+           ("method", "type"): "method", ("method", "options"): "method-options"}
 BUDGETS = ("minutes", "cpu_minutes", "epochs", "steps", "outer")
 TOP_LEVEL_SKIP = {"data", "model", "method", "optim", "budget", "budget_type"}
 
@@ -45,7 +47,8 @@ def _converter(tp: Any, flag: str) -> Any:
             return value
         return parse_json
     if origin is tuple:
-        return lambda s: tuple(float(v) for v in s.split(",") if v.strip())
+        item = int if args and args[0] is int else float
+        return lambda s: tuple(item(v) for v in s.split(",") if v.strip())
     return str
 
 
@@ -181,7 +184,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from imle.trainer import sample_from_run
+    from imle.runs import sample_from_run
 
     if args.num < 1:
         raise ConfigError(f"--num must be >= 1, got {args.num}")

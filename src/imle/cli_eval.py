@@ -81,6 +81,8 @@ def _add_train_classifier(sub) -> None:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--arch", default="SmallCNN", choices=["SmallCNN", "AvgPoolCNN"],
+                   help="classifier architecture (AvgPoolCNN: the independent judge network)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; the weights are bit-reproducible for a fixed seed and "
                         "thread count (the shipped ones used 1)")
@@ -170,7 +172,7 @@ def run_eval(args: argparse.Namespace) -> int:
     data_dir = args.data_dir
     if target.is_dir():
         run_dir = target
-        from imle.trainer import sample_from_run  # lazy: the trainer is a higher layer
+        from imle.runs import sample_from_run
 
         num = 10_000 if args.num is None else args.num
         check_sizes(num, metrics, kid_subset_size=args.kid_subset_size, prdc_k=args.prdc_k)
@@ -240,7 +242,7 @@ def run_train_classifier(args: argparse.Namespace) -> int:
         test = load_dataset(args.data, "test", args.data_dir)
         model = train_classifier(train.x, train.labels, seed=args.seed, epochs=args.epochs,
                                  batch_size=args.batch_size, lr=args.lr,
-                                 log=lambda m: print(m, flush=True))
+                                 log=lambda m: print(m, flush=True), arch=args.arch)
         seconds = time.perf_counter() - t0
         val_acc = accuracy(model, val.x, val.labels)
         test_acc = accuracy(model, test.x, test.labels)
@@ -248,9 +250,10 @@ def run_train_classifier(args: argparse.Namespace) -> int:
         torch.set_num_threads(prev_threads)
     command = (f"imle train-classifier --data {args.data} --out {shlex.quote(args.out)} "
                f"--seed {args.seed} --epochs {args.epochs} --batch-size {args.batch_size} "
-               f"--lr {args.lr} --threads {args.threads}")
+               f"--lr {args.lr} --threads {args.threads} --arch {args.arch}")
     digest = save_classifier(model, args.out, {
         "data": args.data, "train_split": "train", "seed": args.seed, "epochs": args.epochs,
+        "arch": args.arch,
         "val_accuracy": val_acc, "test_accuracy": test_acc, "train_seconds": round(seconds, 1),
         "threads": args.threads, "torch": torch.__version__, "command": command})
     print(f"{args.data}: val accuracy {val_acc:.4f}, test accuracy {test_acc:.4f} "

@@ -27,12 +27,18 @@ class DataConfig:
         split: split to train on ("train" is the first 50,000 MNIST training images).
         data_dir: where data sets live; None means ``$IMLE_DATA_DIR`` or ``~/.cache/imle/data``.
         limit: use only the first ``limit`` examples (None: all).
+        indices: train on these example indices of the split only (a few-shot subset; applied
+            before ``limit``). Empty: all.
+        options: loader options of the data set, e.g. {"patch_size": 32, "stride": 8} for
+            "photos" or {"num": 5000} for the toy mixtures.
     """
 
     name: str = "mnist"
     split: str = "train"
     data_dir: str | None = None
     limit: int | None = None
+    indices: tuple[int, ...] = ()
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,7 @@ class ModelConfig:
 
     Attributes:
         type: registered generator ("mlp", "dcgan28", "dcgan32", "resconv28").
-        latent_dim: dimension of z ~ N(0, I) (reference code: 64; the tuned default 12 gave a
-            ~28 % lower FID on MNIST in equal-CPU tuning runs, see README).
+        latent_dim: dimension of z ~ N(0, I) (reference code: 64).
         width: base channel count (conv) or hidden width (mlp); None: the network's default
             (64 channels, 1024 hidden units).
     """
@@ -54,34 +59,49 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """IMLE's matching step (Li & Malik 2018, Algorithm 1).
+    """IMLE's matching step (Li & Malik 2018, Algorithm 1) and the family's rules.
 
     Attributes:
+        type: matching rule: "imle" (vanilla), "rs" (Rejection-Sampling IMLE) or "adaptive"
+            (Adaptive IMLE); see `imle.matchers`.
+        options: the rule's options, e.g. {"epsilon": 3.0} or {"epsilon_nn_frac": 0.5,
+            "adaptive": true} for "rs", {"staleness": 7, "force": 30, "gamma": 0.04} for
+            "adaptive".
+        distance: space the matching searches in: "l2" (squared Euclidean), "l1", "cosine",
+            "projection", "classifier", "classifier+l2", "lpips", "lpips+l2"; see
+            `imle.distances`.
+        distance_options: that distance's options, e.g. {"network": "mnist-cnn"} or the LPIPS
+            weight paths {"backbone": PATH, "linear": PATH}.
+        loss: distance whose pair distance is the training loss; None: the matching distance.
+        loss_options: its options.
         subset_size: |S|, examples matched per outer iteration; None means the whole data set
             (the reference code). A random subset is drawn each outer iteration otherwise.
         pool_multiplier: pool size m = pool_multiplier * |S| (reference: 10).
-        refresh_epochs: L expressed in epochs over S between pool refreshes (reference: 5; the
-            default 2.5 lowered the 10-minute MNIST FID from 66.3 to 62.5, see README).
+        refresh_epochs: L expressed in epochs over S between pool refreshes (reference: 5).
         latent_noise: std of Gaussian noise added to matched latents at each SGD step.
-        metric: distance for matching ("l2" = squared Euclidean).
         search_backend: `imle.knn` backend ("auto", "exact", "projected", "faiss").
         search_options: extra keyword options for the search backend.
         recall_sample: queries on which the search's recall@1 is measured against exact
             search (0: off).
         recall_every_outer: measure that recall on every this many outer iterations, the first
-            included (on MNIST a check takes about 5 % of an outer iteration's time).
-        pool_batch_size: generator batch size when drawing the pool (bounds memory). 256-512
-            drew a dcgan28 pool 1.6x faster than 4096 on the 2-core CPU (cache-sized batches).
+            included.
+        pool_batch_size: generator batch size when drawing the pool (bounds memory; a few
+            hundred keeps each batch in cache on CPUs).
         pool_precision: "fp32" or "bf16" for pool generation and storage.
         train_precision: "fp32" or "bf16": autocast of the generator in the SGD steps (weights,
             gradients, Adam state and loss stay fp32).
     """
 
+    type: str = "imle"
+    options: dict = field(default_factory=dict)
+    distance: str = "l2"
+    distance_options: dict = field(default_factory=dict)
+    loss: str | None = None
+    loss_options: dict = field(default_factory=dict)
     subset_size: int | None = 2000
     pool_multiplier: float = 10.0
     refresh_epochs: float = 2.5
     latent_noise: float = 0.01
-    metric: str = "l2"
     search_backend: str = "auto"
     search_options: dict = field(default_factory=dict)
     recall_sample: int = 256
@@ -162,6 +182,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raises ConfigError naming the field and a valid choice for any impossible value."""
+        from imle.distances import DISTANCES
+        from imle.matchers import MATCHERS
         from imle.nets import GENERATORS
 
         def need(cond: bool, msg: str) -> None:
@@ -179,8 +201,18 @@ class TrainConfig:
              f"method.pool_multiplier must be > 0, got {m.pool_multiplier}")
         need(m.refresh_epochs > 0, f"method.refresh_epochs must be > 0, got {m.refresh_epochs}")
         need(m.latent_noise >= 0, "method.latent_noise must be >= 0")
-        need(m.metric in ("l2", "l1", "cosine"),
-             f"method.metric={m.metric!r}; choose 'l2', 'l1' or 'cosine'")
+        need(m.type in MATCHERS,
+             f"method.type={m.type!r} is unknown; choose one of {sorted(MATCHERS)}")
+        MATCHERS[m.type].validate_options(m.options)
+        for key, name, opts in (("distance", m.distance, m.distance_options),
+                                ("loss", m.loss, m.loss_options)):
+            if name is None and key == "loss":
+                continue
+            need(name in DISTANCES,
+                 f"method.{key}={name!r} is unknown; choose one of {sorted(DISTANCES)}")
+            DISTANCES[name].validate_options(opts)
+        need(all(isinstance(i, int) and i >= 0 for i in self.data.indices),
+             "data.indices must be non-negative example indices")
         need(m.recall_sample >= 0, "method.recall_sample must be >= 0")
         need(m.recall_every_outer >= 1, "method.recall_every_outer must be >= 1")
         need(m.pool_batch_size >= 1, "method.pool_batch_size must be >= 1")
@@ -236,6 +268,9 @@ class TrainConfig:
 def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'config'} must be a JSON object, got {type(raw).__name__}")
+    if cls is MethodConfig and "metric" in raw:  # run folders written before method.distance
+        raw = {**raw}
+        raw.setdefault("distance", raw.pop("metric"))
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(raw) - set(known))
     if unknown:
@@ -250,6 +285,8 @@ def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
             kwargs[name] = _from_dict(sub, value, f"{name}.")
         elif name == "snapshot_minutes":
             kwargs[name] = tuple(float(v) for v in value)
+        elif name == "indices" and cls is DataConfig:
+            kwargs[name] = tuple(int(v) for v in value)
         else:
             kwargs[name] = value
     return cls(**kwargs)

@@ -8,15 +8,21 @@ takes L SGD steps on ``loss = method(x, z_matched)`` with the matched latents fi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from imle.distances import Distance, build_distance
 from imle.errors import ConfigError, ShapeError
 from imle.knn import Searcher
+from imle.knn import search as knn_search
+from imle.matchers import Matcher, build_matcher
 
 # Latents are drawn in fixed chunks, each from its own seed, so a pool is the same whatever the
 # generation batch size or the number of ranks sharing its generation.
@@ -38,19 +44,36 @@ class Pool:
 
 @dataclass
 class Matches:
-    """The nearest pool sample of each data example.
+    """The matched latent of each data example after a refresh.
 
     Attributes:
-        latents: (n, latent_dim) latents of the matched pool samples.
-        indices: (n,) int64 pool indices.
-        distances: (n,) distances under the matching metric (squared for "l2").
-        stats: timings in seconds ("pool_s", "search_s") and the search engine's diagnostics.
+        latents: (n, latent_dim) latents to train each example on (newly matched or kept).
+        indices: (n,) int64 pool indices of the new matches; -1 where the rule kept the old one.
+        distances: (n,) distance of each example's match in the search metric (squared for
+            "l2"), measured when it was matched.
+        rematched: (n,) bool, the examples that got a new latent in this refresh.
+        stats: timings in seconds ("pool_s", "features_s", "search_s"), "rematched_frac",
+            "rejected_frac" (RS), "search_backend" and the search engine's diagnostics.
     """
 
     latents: torch.Tensor
     indices: torch.Tensor
     distances: torch.Tensor
+    rematched: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, distinct for distinct tuples (numpy's SeedSequence hash).
+
+    ``mix_seed(seed, outer)`` never collides across seeds the way ``seed * K + outer`` does.
+    """
+    state = np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) % 2**63
+
+
+#: Fields of `imle.config.MethodConfig` that the training loop, not the method, uses.
+LOOP_FIELDS = ("subset_size", "refresh_epochs", "recall_sample", "recall_every_outer")
 
 
 class IMLE(nn.Module):
@@ -59,31 +82,41 @@ class IMLE(nn.Module):
     Args:
         generator: module mapping (B, latent_dim) to (B, C, H, W) or (B, D).
         latent_dim: dimension of z ~ N(0, I).
+        type: matching rule, a name of `imle.matchers.MATCHERS` ("imle", "rs", "adaptive") or a
+            `Matcher` instance.
+        options: the matching rule's options (see its class).
+        distance: space the matching searches in, a name of `imle.distances.DISTANCES` ("l2" =
+            squared Euclidean, "l1", "cosine", "projection", "classifier", "classifier+l2",
+            "lpips", "lpips+l2") or a `Distance` instance.
+        distance_options: that distance's options.
+        loss: distance whose ``pair`` is the training loss; None: the matching distance.
+        loss_options: its options.
         pool_multiplier: pool size m = pool_multiplier * (number of examples matched).
         latent_noise: std of Gaussian noise added to matched latents in `forward` (reference
             code: 0.01).
-        metric: matching distance, "l2" (squared Euclidean), "l1" or "cosine".
         search_backend: `imle.knn` backend name.
         search_options: keyword options for that backend.
         pool_batch_size: generator batch size when drawing a pool; bounds memory.
         pool_precision: "fp32" or "bf16" (autocast for generation, bf16 storage of the pool).
         train_precision: "fp32" or "bf16": bf16 autocast of the generator in `forward` (weights,
-            gradients, optimiser state and the loss stay fp32). On CPUs with bf16 matrix units
-            and on GPUs it makes each SGD step cheaper.
+            gradients, optimiser state and the loss stay fp32).
         ema_decay: if > 0, keep an exponential moving average of the generator for `sample`.
 
     Example:
-        >>> method = IMLE(generator, latent_dim=64)
+        >>> method = IMLE(generator, latent_dim=64, type="rs", options={"epsilon": 2.0})
         >>> matches = method.match(x)              # x: (n, C, H, W)
         >>> loss = method(x[:64], matches.latents[:64])
         >>> images = method.sample(16)              # (16, C, H, W)
     """
 
-    def __init__(self, generator: nn.Module, latent_dim: int, *, pool_multiplier: float = 10.0,
-                 latent_noise: float = 0.01, metric: str = "l2", search_backend: str = "auto",
-                 search_options: dict | None = None, pool_batch_size: int = 512,
-                 pool_precision: str = "fp32", train_precision: str = "fp32",
-                 ema_decay: float = 0.0) -> None:
+    def __init__(self, generator: nn.Module, latent_dim: int, *,
+                 type: str | Matcher = "imle", options: dict | None = None,
+                 distance: str | Distance = "l2", distance_options: dict | None = None,
+                 loss: str | Distance | None = None, loss_options: dict | None = None,
+                 pool_multiplier: float = 10.0, latent_noise: float = 0.01,
+                 search_backend: str = "auto", search_options: dict | None = None,
+                 pool_batch_size: int = 512, pool_precision: str = "fp32",
+                 train_precision: str = "fp32", ema_decay: float = 0.0) -> None:
         super().__init__()
         if latent_dim < 1:
             raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}")
@@ -97,18 +130,40 @@ class IMLE(nn.Module):
             raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.generator = generator
         self.latent_dim = latent_dim
+        self.matcher = build_matcher(type, options)
+        self.distance = build_distance(distance, distance_options)
+        self.loss_distance = (self.distance if loss is None and not loss_options
+                              else build_distance(loss or self.distance.name, loss_options))
         self.pool_multiplier = pool_multiplier
         self.latent_noise = latent_noise
-        self.metric = metric
         self.pool_batch_size = pool_batch_size
         self.pool_precision = pool_precision
         self.train_precision = train_precision
         self.ema_decay = ema_decay
-        self.searcher = Searcher(metric=metric, backend=search_backend, **(search_options or {}))
+        self.searcher = Searcher(metric=self.distance.metric, backend=search_backend,
+                                 **(search_options or {}))
         self.ema: nn.Module | None = None
         if ema_decay > 0:
             self.ema = copy.deepcopy(generator).requires_grad_(False)
         self._sample_shape: tuple[int, ...] | None = None
+        self._ready: torch.device | None = None
+        self._reference: tuple[tuple, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, method: Any, generator: nn.Module, latent_dim: int,
+                    ema_decay: float = 0.0) -> IMLE:
+        """Builds the method from an `imle.config.MethodConfig` (every field but `LOOP_FIELDS`
+        is a keyword of this class, so a new field needs no copying code)."""
+        kwargs = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)
+                  if f.name not in LOOP_FIELDS}
+        return cls(generator, latent_dim, ema_decay=ema_decay, **kwargs)
+
+    def pieces(self) -> dict[str, Any]:
+        """The method's stateful parts by name; each has ``state_dict``/``load_state_dict``."""
+        found = {"matcher": self.matcher, "distance": self.distance, "searcher": self.searcher}
+        if self.loss_distance is not self.distance:
+            found["loss"] = self.loss_distance
+        return found
 
     @property
     def device(self) -> torch.device:
@@ -153,7 +208,7 @@ class IMLE(nn.Module):
         parts = []
         gen = torch.Generator()
         for c in range(first, last + 1):
-            gen.manual_seed((seed * 1_000_003 + c) % (2**63))
+            gen.manual_seed(mix_seed(seed, c))
             parts.append(torch.randn(LATENT_CHUNK, self.latent_dim, generator=gen))
         z = torch.cat(parts)[start - first * LATENT_CHUNK:][:num]
         return z.to(self.device)
@@ -193,10 +248,52 @@ class IMLE(nn.Module):
         self.generator.train(was_training)
         return Pool(latents, samples.flatten(1))
 
+    def _prepare(self) -> None:
+        """Sets the distances up for this sample shape and device (once, and after a move)."""
+        if self._ready != self.device:
+            for piece in {id(d): d for d in (self.distance, self.loss_distance)}.values():
+                piece.setup(self.sample_shape, self.device)
+            self._ready = self.device
+
+    @torch.no_grad()
+    def distances_to(self, data: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Loss-space distance of each example to T(z) of its latent (no noise, eval mode).
+
+        Args:
+            data: (n, *sample_shape); latents: (n, latent_dim).
+
+        Returns:
+            (n,) float32 on the CPU.
+        """
+        self._prepare()
+        was_training = self.generator.training
+        self.generator.eval()
+        out = []
+        for lo in range(0, data.shape[0], self.pool_batch_size):
+            z = latents[lo:lo + self.pool_batch_size].to(self.device)
+            x = data[lo:lo + self.pool_batch_size].to(self.device, torch.float32)
+            out.append(self.loss_distance.pair(x, self.generator(z).float()).float().cpu())
+        self.generator.train(was_training)
+        return torch.cat(out) if out else torch.empty(0)
+
+    def _reference_features(self, reference: torch.Tensor) -> torch.Tensor:
+        """Features of the whole training set, computed once per (tensor, distance state)."""
+        key = (reference.data_ptr(), tuple(reference.shape), reference.device)
+        if self._reference is None or self._reference[0] != key:
+            self._reference = (key, self.distance.features(reference.to(self.device)).float())
+        return self._reference[1]
+
+    def _exact_search(self, queries: torch.Tensor, pool: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        d, i = knn_search(queries.float(), pool.float(), k=1, metric=self.distance.metric,
+                          backend="exact")
+        return d[:, 0], i[:, 0]
+
     @torch.no_grad()
     def match(self, data: torch.Tensor, seed: int = 0, pool_size: int | None = None,
-              estimate_recall: int | None = None) -> Matches:
-        """Matches every example to its nearest sample of a fresh pool.
+              estimate_recall: int | None = None, ids: torch.Tensor | None = None,
+              reference: torch.Tensor | None = None) -> Matches:
+        """One refresh: the matching rule picks examples, each gets its nearest pool sample.
 
         Args:
             data: (n, *sample_shape) examples.
@@ -204,40 +301,96 @@ class IMLE(nn.Module):
             pool_size: m; default ceil(pool_multiplier * n).
             estimate_recall: queries on which to estimate the search's recall@1 in this call
                 (0: none); None uses the searcher's ``estimate_recall`` option.
+            ids: (n,) int64 ids of the examples in the whole training set, under which the rule
+                keeps its per-example state; default 0..n-1.
+            reference: the whole training set (N, *sample_shape), for RS rejection against
+                every training example (``reject_against="all"``).
 
         Returns:
             Matches with (n, latent_dim) latents and (n,) distances (squared for "l2").
         """
         self.check_data_shape(data)
-        if data.shape[0] == 0:
+        n = data.shape[0]
+        if n == 0:
             raise ShapeError("cannot match an empty batch of data")
-        m = pool_size or max(1, math.ceil(self.pool_multiplier * data.shape[0]))
+        ids = torch.arange(n) if ids is None else torch.as_tensor(ids).long().cpu()
+        if ids.shape != (n,):
+            raise ShapeError(f"ids must have shape ({n},), got {tuple(ids.shape)}")
+        self._prepare()
+        rule = self.matcher
+        rule.prepare(ids, self.latent_dim)
         t0 = time.perf_counter()
-        pool = self.generate_pool(m, seed)
-        t1 = time.perf_counter()
-        queries = data.reshape(data.shape[0], -1).to(self.device, torch.float32)
-        result = self.searcher.search(queries, pool.samples, k=1, estimate_recall=estimate_recall)
-        t2 = time.perf_counter()
-        idx = result.indices[:, 0]
-        stats = {"pool_s": t1 - t0, "search_s": t2 - t1, "pool_size": m}
-        stats.update({k: v for k, v in result.stats.items() if isinstance(v, (int, float))})
-        return Matches(pool.latents[idx], idx, result.distances[:, 0].float(), stats)
+        current = None
+        if rule.needs_current:
+            current = torch.full((n,), math.inf)
+            has = rule.has[ids]
+            if bool(has.any()):
+                current[has] = self.distances_to(data[has.to(data.device)],
+                                                 rule.latents[ids[has]])
+        selected = rule.select(ids, current)
+        sel = selected.nonzero().flatten()
+        stats: dict[str, Any] = {"current_s": time.perf_counter() - t0,
+                                 "rematched_frac": float(selected.float().mean())}
+        indices = torch.full((n,), -1, dtype=torch.long)
+        if sel.numel():
+            m = pool_size or max(1, math.ceil(self.pool_multiplier * n))
+            t1 = time.perf_counter()
+            pool = self.generate_pool(m, seed)
+            t2 = time.perf_counter()
+            # Features once per pool and once per data batch, never per query block.
+            pool_f = self.distance.features(pool.samples.view(m, *self.sample_shape))
+            x_sel = data[sel.to(data.device)].to(self.device, torch.float32)
+            query_f = self.distance.features(x_sel)
+            t3 = time.perf_counter()
+            if rule.options.get("reject_against") == "all":
+                if reference is None:
+                    raise ConfigError("reject_against='all' needs the whole training set: pass "
+                                      "reference= to match() (the Trainer does)")
+                anchors = self._reference_features(reference)
+            else:
+                anchors = query_f.float()
+            keep = rule.reject(pool_f, anchors, self._exact_search, self.distance.metric)
+            t4 = time.perf_counter()
+            candidates = None if keep is None else keep.nonzero().flatten()
+            searched = pool_f if candidates is None else pool_f[candidates]
+            result = self.searcher.search(query_f, searched, k=1, estimate_recall=estimate_recall)
+            idx = result.indices[:, 0]
+            if candidates is not None:
+                idx = candidates[idx]
+            new_latents = pool.latents[idx].cpu()
+            fallback = None
+            if rule.needs_current:
+                fallback = self.distances_to(x_sel, new_latents)
+            rule.commit(ids, selected, new_latents, result.distances[:, 0].float().cpu(),
+                        current, fallback)
+            indices[sel] = idx.cpu()
+            stats.update(pool_s=t2 - t1, features_s=t3 - t2, reject_s=t4 - t3,
+                         search_s=time.perf_counter() - t4, pool_size=m,
+                         rejected_frac=getattr(rule, "last_rejected", 0.0),
+                         search_backend=result.stats.get("backend"))
+            stats.update({k: v for k, v in result.stats.items() if isinstance(v, (int, float))})
+        return Matches(rule.latents[ids].to(self.device), indices, rule.matched_dist[ids].clone(),
+                       selected, stats)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """IMLE loss mean_i ||x_i - T(z_i + noise)||^2 (squared L2 summed over a sample's dims).
+        """IMLE loss mean_i loss(x_i, T(z_i + noise)); for the "l2" loss that is the squared L2
+        summed over a sample's dims.
 
         Args:
             x: (B, *sample_shape) data batch.
             z: (B, latent_dim) matched latents; if None, x is matched against a fresh pool of
-                pool_multiplier * B samples first (in-batch IMLE).
+                pool_multiplier * B samples first (in-batch IMLE, vanilla rule).
             generator: random stream of the latent noise (for reproducible training).
 
         Returns:
             Scalar loss with gradients w.r.t. the generator's parameters.
         """
+        self._prepare()
         if z is None:
-            z = self.match(x, seed=int(torch.randint(0, 2**62, (1,), generator=generator))).latents
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            z = IMLE(self.generator, self.latent_dim, distance=self.distance,
+                     pool_multiplier=self.pool_multiplier).match(x, seed=seed).latents
         if z.shape != (x.shape[0], self.latent_dim):
             raise ShapeError(
                 f"latents must have shape ({x.shape[0]}, {self.latent_dim}) to match x; "
@@ -254,7 +407,7 @@ class IMLE(nn.Module):
             raise ShapeError(
                 f"generator output {tuple(out.shape)} does not match data batch {tuple(x.shape)}"
             )
-        return (out - x).pow(2).flatten(1).sum(1).mean()
+        return self.loss_distance.pair(x, out).mean()
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from imle.errors import ConfigError, DataError
 
@@ -32,6 +35,7 @@ from .mnist import load_idx_dataset
 __all__ = [
     "DataSplit",
     "download_url",
+    "fewshot_indices",
     "get_data_dir",
     "list_datasets",
     "load_dataset",
@@ -50,12 +54,36 @@ def _fashion(split: str, data_dir: Path, download: bool, **options: Any) -> Data
     return load_idx_dataset("fashion-mnist", split, data_dir, download, **options)
 
 
+def fewshot_indices(name: str) -> list[int]:
+    """The published 100-shot subset of "mnist" or "fashion-mnist": the first 10 examples of
+    each class, in file order, of the "train" split (``imle/data/fewshot_indices.json``)."""
+    table = json.loads((Path(__file__).with_name("fewshot_indices.json")).read_text())
+    if name not in table or name == "rule":
+        raise DataError(f"no 100-shot list for {name!r}; lists exist for mnist, fashion-mnist")
+    return list(table[name])
+
+
+def _fewshot(base: str) -> Loader:
+    def load(split: str, data_dir: Path, download: bool, **options: Any) -> DataSplit:
+        # "train" is the 100-shot subset; the other splits are the full data set's.
+        full = load_idx_dataset(base, split, data_dir, download, **options)
+        if split != "train":
+            return full
+        idx = torch.tensor(fewshot_indices(base))
+        return DataSplit(full.x[idx], None if full.labels is None else full.labels[idx],
+                         f"{base}-100shot", split)
+
+    return load
+
+
 _BUILTIN: dict[str, Loader] = {
     "mnist": _mnist,
     "fashion-mnist": _fashion,
     "cifar10": load_cifar10,
     "photos": load_photos,
     "lfw-faces": load_lfw_faces,
+    "mnist-100shot": _fewshot("mnist"),
+    "fashion-mnist-100shot": _fewshot("fashion-mnist"),
 }
 # Options each built-in accepts, checked up front so a typo fails with a clear message.
 _BUILTIN_OPTIONS = {
@@ -64,6 +92,8 @@ _BUILTIN_OPTIONS = {
     "cifar10": ("mirrors",),
     "photos": ("patch_size", "stride", "holdout"),
     "lfw-faces": (),
+    "mnist-100shot": ("mirrors",),
+    "fashion-mnist-100shot": ("mirrors",),
 }
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",

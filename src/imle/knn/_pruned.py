@@ -115,8 +115,11 @@ def fit_basis(queries: torch.Tensor, dim: int, fit_samples: int, seed: int) -> P
     if dim + 16 >= r:
         v = torch.linalg.svd(xc, full_matrices=False).Vh.T
     else:
-        torch.manual_seed(seed)
-        v = torch.svd_lowrank(xc, q=dim + 16, niter=2)[2]
+        # svd_lowrank draws from the global stream: seed it inside a fork so that the
+        # caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[xc.device] if xc.is_cuda else []):
+            torch.manual_seed(seed)
+            v = torch.svd_lowrank(xc, q=dim + 16, niter=2)[2]
     v = v[:, :dim]
     total = float(xc.double().square().sum())
     captured = float((xc @ v).double().square().sum())

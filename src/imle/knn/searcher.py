@@ -384,8 +384,10 @@ class Searcher:
                     extra = torch.randn(d, dim - comps.shape[1], generator=g).to(q.device)
                     comps = torch.linalg.qr(torch.cat([comps, extra], 1)).Q
             else:
-                torch.manual_seed(o["seed"])
-                _, _, v = torch.svd_lowrank(xc, q=min(dim + 16, min(xc.shape)), niter=2)
+                # svd_lowrank draws from the global stream: fork it, leave the caller's as is.
+                with torch.random.fork_rng(devices=[xc.device] if xc.is_cuda else []):
+                    torch.manual_seed(o["seed"])
+                    _, _, v = torch.svd_lowrank(xc, q=min(dim + 16, min(xc.shape)), niter=2)
                 comps = v[:, :dim].contiguous()
         self._proj_mean, self._proj_components = mean, comps
         self._proj_kind = o["projection"]

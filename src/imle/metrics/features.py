@@ -33,7 +33,8 @@ from imle.errors import ConfigError, DataError, ShapeError
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 #: Names of the classifiers shipped with the package and the data set each one was trained on.
-BUILTIN_CLASSIFIERS = {"mnist-cnn": "mnist", "fashion-mnist-cnn": "fashion-mnist"}
+BUILTIN_CLASSIFIERS = {"mnist-cnn": "mnist", "fashion-mnist-cnn": "fashion-mnist",
+                       "mnist-avgcnn": "mnist"}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -45,7 +46,23 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-class SmallCNN(nn.Module):
+class _Classifier(nn.Module):
+    """Shared head of the classifiers: ``body`` → ``fc`` (+ReLU, the features) → ``head``."""
+
+    body: nn.Module
+    fc: nn.Linear
+    head: nn.Linear
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, 28, 28) in [0, 1] → (N, num_features) penultimate activations."""
+        return F.relu(self.fc(self.body(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, 28, 28) in [0, 1] → (N, num_classes) logits."""
+        return self.head(self.features(x))
+
+
+class SmallCNN(_Classifier):
     """Compact classifier for 28×28 single-channel images (~0.14 M parameters, ~0.6 MB).
 
     conv3×3(16)-BN-ReLU, conv3×3(32)-BN-ReLU, maxpool → 14×14, conv3×3(64)-BN-ReLU, maxpool → 7×7,
@@ -78,13 +95,36 @@ class SmallCNN(nn.Module):
         self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width,
                        "num_features": num_features}
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, 28, 28) in [0, 1] → (N, num_features) penultimate activations."""
-        return F.relu(self.fc(self.body(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, 28, 28) in [0, 1] → (N, num_classes) logits."""
-        return self.head(self.features(x))
+
+class AvgPoolCNN(_Classifier):
+    """A second, differently built classifier for 28×28 images (~0.16 M parameters), no batch norm.
+
+    conv5×5(32)-ReLU-avgpool → 14×14, conv5×5(64)-ReLU-avgpool → 7×7, conv3×3(64)-ReLU-avgpool
+    → 3×3, linear 576→128-ReLU (features), linear 128→10 (logits). It exists to judge models that
+    were trained against ``SmallCNN`` features: a figure is never measured in the features of the
+    network a model matched in.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32,
+                 num_features: int = 128) -> None:
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, w, 5, padding=2), nn.ReLU(inplace=True), nn.AvgPool2d(2),
+            nn.Conv2d(w, 2 * w, 5, padding=2), nn.ReLU(inplace=True), nn.AvgPool2d(2),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(inplace=True), nn.AvgPool2d(2),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(2 * w * 3 * 3, num_features)
+        self.head = nn.Linear(num_features, num_classes)
+        self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width,
+                       "num_features": num_features}
+
+
+
+#: Classifier architectures by the name stored in their safetensors metadata.
+ARCHITECTURES: dict[str, type[nn.Module]] = {"SmallCNN": SmallCNN, "AvgPoolCNN": AvgPoolCNN}
 
 
 @dataclass
@@ -153,7 +193,7 @@ class FeatureExtractor:
         return {"name": self.name, "sha256": self.sha256, "num_features": self.num_features}
 
 
-def save_classifier(model: SmallCNN, path: str | Path, info: dict | None = None) -> str:
+def save_classifier(model: nn.Module, path: str | Path, info: dict | None = None) -> str:
     """Saves a SmallCNN as safetensors plus a JSON record beside it; returns the sha256.
 
     The JSON file (``<path>.json`` with the suffix replaced) holds the architecture, the weights'
@@ -164,17 +204,19 @@ def save_classifier(model: SmallCNN, path: str | Path, info: dict | None = None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"arch": "SmallCNN", "config": json.dumps(model.config)}
+    arch = type(model).__name__
+    meta = {"arch": arch, "config": json.dumps(model.config)}
     save_file(state, str(path), metadata=meta)
     path.chmod(0o644)  # safetensors writes 0600; shipped package data must be world-readable
     digest = sha256_file(path)
-    record = {"file": path.name, "sha256": digest, "arch": "SmallCNN", "config": model.config}
+    record = {"file": path.name, "sha256": digest, "arch": arch, "config": model.config}
     record.update(info or {})
     path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     return digest
 
 
-def _load_small_cnn(path: Path, name: str, device: str | torch.device) -> FeatureExtractor:
+def _load_classifier(path: Path) -> tuple[nn.Module, str, dict | None]:
+    """Loads a classifier written by `save_classifier`: (model in eval mode, sha256, record)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -191,17 +233,42 @@ def _load_small_cnn(path: Path, name: str, device: str | torch.device) -> Featur
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        if meta.get("arch", "SmallCNN") != "SmallCNN":
-            raise ConfigError(f"{path}: unknown architecture {meta.get('arch')!r}")
-        model = SmallCNN(**json.loads(meta.get("config", "{}")))
+        arch = meta.get("arch", "SmallCNN")
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"{path}: unknown architecture {arch!r}; known: "
+                              f"{sorted(ARCHITECTURES)}")
+        model = ARCHITECTURES[arch](**json.loads(meta.get("config", "{}")))
         model.load_state_dict(load_file(str(path)))
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise DataError(f"{path}: not a SmallCNN safetensors file ({e})") from e
+        raise DataError(f"{path}: not a classifier safetensors file ({e})") from e
     except Exception as e:  # safetensors' own error type is not exported by every version
+        if isinstance(e, ConfigError):
+            raise
         raise DataError(f"{path}: unreadable safetensors file ({e})") from e
-    model.eval().to(device)
+    return model.eval(), digest, info
+
+
+def _classifier_path(name: str | Path) -> Path:
+    name_s = str(name)
+    return WEIGHTS_DIR / f"{name_s}.safetensors" if name_s in BUILTIN_CLASSIFIERS else Path(name_s)
+
+
+def load_classifier_module(name: str | Path) -> tuple[nn.Module, str]:
+    """The classifier network itself (for differentiable feature distances) and its sha256.
+
+    Args:
+        name: a shipped classifier ("mnist-cnn", "fashion-mnist-cnn", "mnist-avgcnn") or a path
+            to a ``.safetensors`` file written by ``imle train-classifier``.
+    """
+    model, digest, _ = _load_classifier(_classifier_path(name))
+    return model, digest
+
+
+def _load_small_cnn(path: Path, name: str, device: str | torch.device) -> FeatureExtractor:
+    model, digest, info = _load_classifier(path)
+    model.to(device)
     return FeatureExtractor(
         name=name, sha256=digest, num_features=model.config["num_features"],
         in_channels=model.config["in_channels"], _features=model.features, _logits=model.forward,
@@ -290,7 +357,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int = 0, epochs: int = 4,
                      batch_size: int = 128, lr: float = 2e-3, max_shift: int = 2,
-                     log: Callable[[str], None] | None = None) -> SmallCNN:
+                     log: Callable[[str], None] | None = None,
+                     arch: str = "SmallCNN") -> nn.Module:
     """Trains a SmallCNN on labelled images, deterministically given ``seed`` (and thread count).
 
     Adam with a one-cycle learning-rate schedule and random ±``max_shift`` pixel translations
@@ -305,6 +373,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int = 0, epochs: in
         lr: peak learning rate.
         max_shift: largest translation of the augmentation, in pixels (0 disables it).
         log: progress printer (None for silence).
+        arch: a name of `ARCHITECTURES` ("SmallCNN" or "AvgPoolCNN").
 
     Returns:
         The trained model in eval mode.
@@ -313,7 +382,10 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int = 0, epochs: in
         raise ShapeError(f"need x (N, C, H, W) and y (N,); got {tuple(x.shape)}, {tuple(y.shape)}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = SmallCNN(in_channels=x.shape[1], num_classes=int(y.max()) + 1)
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown classifier architecture {arch!r}; choose one of "
+                          f"{sorted(ARCHITECTURES)}")
+    model = ARCHITECTURES[arch](in_channels=x.shape[1], num_classes=int(y.max()) + 1)
     steps_per_epoch = math.ceil(x.shape[0] / batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs,
