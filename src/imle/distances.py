@@ -94,6 +94,8 @@ class Distance:
     def __init__(self, **options: Any) -> None:
         self.options = check_options(f"distance {self.name!r}", self.OPTIONS, options)
         self.batch_size = 1024
+        # A fitted random projection, for the distances that search through one (saved).
+        self.proj = torch.empty(0)
 
     @classmethod
     def validate_options(cls, options: dict[str, Any] | None) -> None:
@@ -131,13 +133,17 @@ class Distance:
     # network weights belong to their own files and are not part of it.
     def state_dict(self) -> dict[str, Any]:
         """Serialisable state (tensors, numbers, strings) saved in checkpoints."""
-        return {"name": self.name, "options": dict(self.options)}
+        return {"name": self.name, "options": dict(self.options),
+                "proj": self.proj.detach().cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores `state_dict`; raises ConfigError if it belongs to another distance."""
         if state and state.get("name") not in (None, self.name):
             raise ConfigError(f"checkpoint holds distance {state.get('name')!r}, this run "
                               f"uses {self.name!r}")
+        proj = (state or {}).get("proj")
+        if proj is not None and proj.numel():
+            self.proj = proj.float().to(self.proj.device)
 
 
 def _sq_sum(d: torch.Tensor) -> torch.Tensor:
@@ -198,7 +204,6 @@ class ProjectionDistance(Distance):
         super().__init__(**options)
         if self.options["dim"] < 1 or self.options["downsample"] < 1:
             raise ConfigError("distance 'projection': dim and downsample must be >= 1")
-        self.proj = torch.empty(0)
 
     def setup(self, sample_shape: tuple[int, ...], device: torch.device | str = "cpu") -> None:
         if self.proj.numel():
@@ -223,14 +228,6 @@ class ProjectionDistance(Distance):
 
     def pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return _sq_sum(self._embed(y) - self._embed(x))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "proj": self.proj.detach().cpu()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if state and state.get("proj") is not None and state["proj"].numel():
-            self.proj = state["proj"].float().to(self.proj.device)
 
 
 class _NetworkDistance(Distance):
@@ -342,7 +339,6 @@ class LPIPSDistance(_NetworkDistance):
         super().__init__(**options)
         self.net: nn.Module | None = None
         self.batch_size = 256
-        self.proj = torch.empty(0)
 
     @property
     def exact(self) -> bool:  # type: ignore[override]
@@ -378,14 +374,6 @@ class LPIPSDistance(_NetworkDistance):
         if self.proj.numel():
             e = e @ self.proj
         return e
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "proj": self.proj.detach().cpu()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if state and state.get("proj") is not None and state["proj"].numel():
-            self.proj = state["proj"].float().to(self.proj.device)
 
 
 @register_distance("lpips+l2")
