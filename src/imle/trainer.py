@@ -269,9 +269,9 @@ class Trainer:
                                     seed=mix_seed(self.config.seed, st.outer), ids=st.subset,
                                     estimate_recall=recall, reference=self.data)
         st.matched = matches.latents
-        rematched = matches.rematched if matches.rematched is not None else slice(None)
-        st.match_stats = {"matched_dist": float(matches.distances[rematched].mean()),
-                          **matches.stats}
+        # Mean over all of S of each example's match distance (when it was matched): defined
+        # even when the rule re-matched nobody this refresh.
+        st.match_stats = {"matched_dist": float(matches.distances.mean()), **matches.stats}
         st.outer += 1
         st.inner_step = 0
         st.loss_sum, st.loss_n, st.sgd_s = 0.0, 0, 0.0
