@@ -392,5 +392,6 @@ def test_checkpoint_of_another_rule_is_refused(tmp_path, data_dir):
     config["method"]["type"] = "imle"
     config["method"]["options"] = {}
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="matcher"):
+    with pytest.raises(CheckpointError, match="method.type is 'imle' but the checkpoint was "
+                                              "trained with 'adaptive'"):
         imle.Trainer.resume(run)

@@ -1,5 +1,6 @@
 """Training loop: run folders, checkpoints, exact resume, signals, bad configs."""
 
+import hashlib
 import json
 import os
 import signal
@@ -47,7 +48,8 @@ def test_run_folder_contents(tmp_path, data_dir):
     assert any((run / "tb").iterdir())
     assert sorted(p.name for p in (run / "samples").iterdir())[-1] == "step-000000040.png"
     ckpt = latest_checkpoint(run / "checkpoints")
-    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "ema.safetensors", "state.pt"}
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "ema.safetensors", "state.pt",
+                                              "manifest.json"}
 
 
 def test_resume_continues_the_same_trajectory(tmp_path, data_dir):
@@ -120,9 +122,15 @@ def test_state_file_is_never_unpickled_as_arbitrary_objects(tmp_path, data_dir):
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
-    state = latest_checkpoint(run / "checkpoints") / "state.pt"
-    torch.save({"step": Exploit()}, state)
-    with pytest.raises(CheckpointError):
+    folder = latest_checkpoint(run / "checkpoints")
+    torch.save({"step": Exploit()}, folder / "state.pt")
+    # An attacker can rewrite the manifest too, so the file reaches the loader.
+    manifest = json.loads((folder / "manifest.json").read_text())
+    data = (folder / "state.pt").read_bytes()
+    manifest["files"]["state.pt"] = {"bytes": len(data),
+                                     "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
         imle.Trainer.resume(run, budget=8)
     assert not (tmp_path / "pwned").exists()
 

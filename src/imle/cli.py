@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imle.config import PRESETS, SECTIONS, TrainConfig
-from imle.errors import ConfigError, IMLEError
+from imle.errors import ConfigError
 
 # Flags whose plain field name would be ambiguous or unidiomatic.
 RENAMED = {("data", "name"): "data", ("data", "options"): "data-options",
@@ -95,17 +95,19 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a generator with IMLE")
-    train.add_argument("--preset", choices=sorted(PRESETS), default="default",
+    train.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help="starting configuration: the project's tuned defaults, or 'paper' "
                             "for the authors' reference setup (MLP, S = all data, m = 10|S|)")
     train.add_argument("--config", type=Path, help="JSON config file (replaces the preset); "
                                                    "flags override it")
-    train.add_argument("--out", type=Path, default=Path("runs"),
+    train.add_argument("--out", type=Path, default=None,
                        help="parent folder of new run folders (default: runs)")
     train.add_argument("--run-dir", type=Path, help="exact run folder (default: OUT/NAME)")
     train.add_argument("--name", help="run name (default: <data>-<model>-<time>)")
     train.add_argument("--resume", type=Path, metavar="RUN",
-                       help="continue RUN from its newest checkpoint (budget flags extend it)")
+                       help="continue RUN from its newest complete checkpoint (budget flags "
+                            "extend it; a run that stopped before its first checkpoint restarts "
+                            "from step 0)")
     budget = train.add_mutually_exclusive_group()
     for b in BUDGETS:
         budget.add_argument(f"--{b.replace('_', '-')}", dest=b, type=float,
@@ -118,6 +120,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
     sample.add_argument("--num", type=int, required=True)
     sample.add_argument("--out", type=Path, required=True, help=".npy file (N, C, H, W) float32")
     sample.add_argument("--grid", type=Path, help="also write a PNG grid of the first 64")
+    sample.add_argument("--overwrite", action="store_true",
+                        help="replace existing --out/--grid files (written atomically)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--checkpoint", type=Path, help="checkpoint or snapshot folder")
     sample.add_argument("--batch-size", type=int, default=1000)
@@ -137,7 +141,11 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
 
 
 def _config_from_args(args: argparse.Namespace, table: list) -> TrainConfig:
-    base = TrainConfig.from_json(args.config) if args.config else PRESETS[args.preset]()
+    if args.config and args.preset:
+        raise ConfigError("give --preset or --config, not both (the config file replaces the "
+                          "preset)")
+    base = (TrainConfig.from_json(args.config) if args.config else
+            PRESETS[args.preset or "default"]())
     raw = base.to_dict()
     for section, field, dest in table:
         if hasattr(args, dest):
@@ -153,11 +161,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         overrides = {b: getattr(args, b) for b in BUDGETS if getattr(args, b) is not None}
-        extra = [dest for _, _, dest in args.table if hasattr(args, dest)]
-        if extra or args.config:
-            raise ConfigError("--resume continues a run with its stored config; only a budget "
-                              "flag (--minutes/--cpu-minutes/--epochs/--steps/--outer) may be "
-                              "given with it")
+        extra = ["--" + dest.split("__")[-1].replace("_", "-")
+                 for _, _, dest in args.table if hasattr(args, dest)]
+        extra += [flag for flag, value in (("--config", args.config), ("--preset", args.preset),
+                                           ("--run-dir", args.run_dir), ("--name", args.name),
+                                           ("--out", args.out)) if value is not None]
+        if extra:
+            raise ConfigError(f"--resume continues a run with its stored config and folder; "
+                              f"drop {', '.join(extra)} (only a budget flag, --minutes/"
+                              f"--cpu-minutes/--epochs/--steps/--outer, may be given with it)")
         (budget_type, budget), = overrides.items() if overrides else ((None, None),)
         trainer = Trainer.resume(args.resume, budget=budget, budget_type=budget_type)
         print(f"resuming {args.resume} at step {trainer.step}", file=sys.stderr)
@@ -167,11 +179,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if run_dir is None:
             stem = Path(config.data.name).stem.replace(".", "_")
             name = args.name or f"{stem}-{config.model.type}-{time.strftime('%Y%m%d-%H%M%S')}"
-            run_dir = args.out / name
-        if (run_dir / "checkpoints").exists():
-            raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} to continue "
-                              f"it or choose another --run-dir/--name")
+            run_dir = (args.out or Path("runs")) / name
         trainer = Trainer(config, run_dir)
+        trainer.open()  # lock the folder and refuse one holding a run before loading more
     summary = trainer.train()
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=2))
     if summary["status"] == "interrupted":
@@ -184,16 +194,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from imle.runs import sample_from_run
+    from imle.fileio import atomic_path, check_writable
+    from imle.runs import resolve_device, sample_from_run
 
     if args.num < 1:
         raise ConfigError(f"--num must be >= 1, got {args.num}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out.suffix != ".npy":
         raise ConfigError(f"--out must be a .npy file, got {args.out}")
+    resolve_device(args.device)
+    check_writable(args.out, args.overwrite)
+    if args.grid:
+        check_writable(args.grid, args.overwrite)
     samples, _ = sample_from_run(args.run, args.num, seed=args.seed, batch_size=args.batch_size,
                                  checkpoint=args.checkpoint, device=args.device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.out, samples.clamp(0, 1).numpy().astype(np.float32))
+    with atomic_path(args.out) as tmp:
+        np.save(tmp, samples.clamp(0, 1).numpy().astype(np.float32))
     print(f"wrote {tuple(samples.shape)} float32 samples to {args.out}")
     if args.grid:
         from imle.plotting import save_grid
@@ -212,13 +229,10 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from imle.cli_eval import run_handler
+
     parser, _ = _build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except IMLEError as exc:
-        print(f"imle {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_handler(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def _add_eval(sub) -> None:
                    help="reference data set (required with a .npy; default: the run's)")
     p.add_argument("--data-dir", default=None, help="data folder (default: IMLE_DATA_DIR)")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--extractor", default=None,
                    help="feature extractor: mnist-cnn, fashion-mnist-cnn, inception or a "
                         ".safetensors path (default: the data set's own)")
@@ -147,10 +148,13 @@ def _load_npy(path: Path, data: str | None, num: int | None):
 
 def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``imle eval``."""
+    from imle.fileio import atomic_write_text, check_writable
     from imle.metrics.evaluate import check_sizes, evaluate, format_table, normalize_metrics
 
     target = Path(args.target)
     metrics = normalize_metrics(args.metrics)
+    if args.json:
+        check_writable(Path(args.json), args.overwrite)
     if args.threads < 0:
         raise ConfigError(f"--threads must be ≥ 0; got {args.threads}")
     if args.threads:
@@ -209,14 +213,12 @@ def run_eval(args: argparse.Namespace) -> int:
     print(format_table(result))
     text = json.dumps(_json_safe(result), indent=2) + "\n"
     written = []
-    if run_dir is not None:
-        (run_dir / "eval.json").write_text(text)
+    if run_dir is not None:  # the run's latest evaluation: replaced, atomically
+        atomic_write_text(run_dir / "eval.json", text)
         written.append(run_dir / "eval.json")
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        written.append(out)
+        atomic_write_text(Path(args.json), text)
+        written.append(Path(args.json))
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -270,11 +272,39 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args._argv = argv[1:]
+    return run_handler(args)
+
+
+def run_handler(args: argparse.Namespace) -> int:
+    """Runs ``args.func(args)`` as a command: errors of this package become one line on stderr
+    (exit 2), file-system errors one line (exit 1), warnings of it ``imle CMD: warning: ...``,
+    Ctrl-C before training (or outside it) a line and exit 130 instead of a traceback."""
+    import warnings
+
+    from imle.errors import CheckpointWarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, (CheckpointWarning,)) or "imle" in str(filename):
+            print(f"imle {args.command}: warning: {message}", file=sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
     try:
         return int(args.func(args))
     except IMLEError as e:
         print(f"imle {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk or an unwritable path: the outputs are left as they were
+        print(f"imle {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"imle {args.command}: interrupted (Ctrl-C); nothing partial was written",
+              file=sys.stderr)
+        return 130
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -8,17 +8,95 @@ resumed from its folder alone.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from imle.errors import ConfigError
 
+#: Fields a resumed run may change (``imle train --resume`` flags or an edited config.json):
+#: how long it runs and where, never what it computes.
+RESUME_MAY_CHANGE = frozenset({"budget", "budget_type", "device", "threads", "progress",
+                               "checkpoint_every_minutes", "keep_checkpoints", "data.data_dir"})
+DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", dict: "a JSON object",
+             bool: "true or false"}
+    if tp in names:
+        return names[tp]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    if type(None) in typing.get_args(tp):
+        return f"{_type_name(args[0])} or null"
+    return str(tp)
+
+
+def _check_value(value: Any, tp: Any, name: str) -> Any:
+    """Checks one field's value against its annotation; returns it normalised (int -> float
+    for number fields, list -> tuple). Raises ConfigError naming the field."""
+    declared = tp
+
+    def bad() -> ConfigError:
+        return ConfigError(f"config field {name} must be {_type_name(declared)}, got {value!r} "
+                           f"({type(value).__name__})")
+
+    args = typing.get_args(tp)
+    if type(None) in args:
+        if value is None:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        item = typing.get_args(tp)[0]
+        try:
+            return tuple(_check_value(v, item, name) for v in value)
+        except ConfigError:
+            raise bad() from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp in (str, dict, bool):
+        if not isinstance(value, tp):
+            raise bad()
+        return value
+    return value
+
+
+class _Typed:
+    """Checks every field's type when the dataclass is built (from flags, JSON or Python)."""
+
+    _prefix = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                if not isinstance(value, hints[f.name]):
+                    raise ConfigError(f"config section {f.name} must be a "
+                                      f"{hints[f.name].__name__}, got {type(value).__name__}")
+                continue
+            checked = _check_value(value, hints[f.name], self._prefix + f.name)
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Typed):
     """Which data set to fit.
 
     Attributes:
@@ -42,7 +120,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Typed):
     """Generator network, rebuilt from this by the registry in `imle.nets`.
 
     Attributes:
@@ -58,7 +136,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class MethodConfig:
+class MethodConfig(_Typed):
     """IMLE's matching step (Li & Malik 2018, Algorithm 1) and the family's rules.
 
     Attributes:
@@ -112,7 +190,7 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(_Typed):
     """Optimiser of the inner SGD steps.
 
     Attributes:
@@ -142,7 +220,7 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Typed):
     """A whole training run.
 
     Attributes:
@@ -180,8 +258,14 @@ class TrainConfig:
     keep_checkpoints: int = 2
     progress: str = "tqdm"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate()
+
     def validate(self) -> TrainConfig:
-        """Raises ConfigError naming the field and a valid choice for any impossible value."""
+        """Raises ConfigError naming the field and a valid choice for any impossible value.
+
+        Runs when the config is built; types are checked before it by each section."""
         from imle.distances import DISTANCES
         from imle.matchers import MATCHERS
         from imle.nets import GENERATORS
@@ -211,8 +295,11 @@ class TrainConfig:
             need(name in DISTANCES,
                  f"method.{key}={name!r} is unknown; choose one of {sorted(DISTANCES)}")
             DISTANCES[name].validate_options(opts)
-        need(all(isinstance(i, int) and i >= 0 for i in self.data.indices),
-             "data.indices must be non-negative example indices")
+        d = self.data
+        need(all(i >= 0 for i in d.indices), "data.indices must be non-negative example indices")
+        need(d.limit is None or d.limit >= 1,
+             f"data.limit must be >= 1 (or null for all examples), got {d.limit}")
+        need(bool(d.name) and bool(d.split), "data.name and data.split must not be empty")
         need(m.recall_sample >= 0, "method.recall_sample must be >= 0")
         need(m.recall_every_outer >= 1, "method.recall_every_outer must be >= 1")
         need(m.pool_batch_size >= 1, "method.pool_batch_size must be >= 1")
@@ -235,6 +322,14 @@ class TrainConfig:
              "or outer")
         need(self.budget > 0 and math.isfinite(self.budget),
              f"budget must be a positive number, got {self.budget}")
+        need(self.budget_type not in ("steps", "outer") or self.budget == int(self.budget),
+             f"a budget of {self.budget:g} {self.budget_type} is not a whole number")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        need(bool(DEVICE_PATTERN.match(self.device)),
+             f"device={self.device!r} is unknown; use cpu, cuda, cuda:N, mps or auto")
+        need(self.threads >= 0, f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        need(all(math.isfinite(t) and t > 0 for t in self.snapshot_minutes),
+             f"snapshot_minutes must be positive numbers, got {list(self.snapshot_minutes)}")
         need(self.progress in ("tqdm", "none"), "progress must be 'tqdm' or 'none'")
         need(self.sample_every_outer >= 0 and self.log_every_outer >= 1,
              "sample_every_outer must be >= 0 and log_every_outer >= 1")
@@ -246,7 +341,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        """Writes the config as JSON, atomically."""
+        from imle.fileio import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
@@ -262,7 +360,10 @@ class TrainConfig:
             raise ConfigError(f"config file {path} does not exist") from exc
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(raw)
+        try:
+            return cls.from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
 
 def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
@@ -283,17 +384,46 @@ def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
         sub = SECTIONS.get(name) if cls is TrainConfig else None
         if sub is not None:
             kwargs[name] = _from_dict(sub, value, f"{name}.")
-        elif name == "snapshot_minutes":
-            kwargs[name] = tuple(float(v) for v in value)
-        elif name == "indices" and cls is DataConfig:
-            kwargs[name] = tuple(int(v) for v in value)
-        else:
+        else:  # types are checked (and lists made tuples) by the dataclass itself
             kwargs[name] = value
     return cls(**kwargs)
 
 
 #: The nested sections of a TrainConfig, by field name.
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig, "optim": OptimConfig}
+for _name, _cls in SECTIONS.items():
+    _cls._prefix = _name + "."
+
+
+def config_hash(raw: dict[str, Any]) -> str:
+    """sha256 of a config dict without the fields a resume may change."""
+    kept = {k: v for k, v in _flatten(raw).items() if k not in RESUME_MAY_CHANGE}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in raw.items():
+        if k in SECTIONS and not prefix and isinstance(v, dict):
+            out.update(_flatten(v, k + "."))
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_mismatch(trained: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first field (dotted name) where ``current`` differs from the config a checkpoint
+    was trained with, ignoring `RESUME_MAY_CHANGE`; None when they agree. Fields missing from
+    ``trained`` (written by an older imle) compare equal to their defaults."""
+    defaults = _flatten(TrainConfig().to_dict())
+    a, b = _flatten(trained), _flatten(current)
+    for key in sorted(set(a) | set(b)):
+        if key in RESUME_MAY_CHANGE:
+            continue
+        va, vb = a.get(key, defaults.get(key)), b.get(key, defaults.get(key))
+        if va != vb:
+            return f"{key} is {vb!r} but the checkpoint was trained with {va!r}"
+    return None
 
 
 def replace(config: TrainConfig, **updates: Any) -> TrainConfig:

@@ -19,3 +19,11 @@ class ShapeError(IMLEError, ValueError):
 
 class CheckpointError(IMLEError, RuntimeError):
     """A run folder or checkpoint that cannot be read or resumed."""
+
+
+class RunFolderBusy(CheckpointError):
+    """Another live process is writing the run folder."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped or could not be fully verified; the message names it."""

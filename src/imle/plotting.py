@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from imle.errors import ShapeError
+from imle.fileio import atomic_path
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
@@ -42,12 +43,13 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None,
               scale: int = 2) -> Path:
-    """Writes a PNG grid of images (N, C, H, W) in [0, 1], upscaled by `scale` for viewing."""
+    """Writes a PNG grid of images (N, C, H, W) in [0, 1], upscaled by `scale` for viewing
+    (atomically: an existing file is replaced only by a complete one)."""
     grid = make_grid(images, nrow)
     img = Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return path

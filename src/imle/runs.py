@@ -12,15 +12,17 @@ from typing import Any
 
 import torch
 
-from imle.checkpoint import latest_checkpoint, load_weights
-from imle.config import TrainConfig
+from imle.checkpoint import checkpoint_problem, find_checkpoint, load_weights, read_manifest
+from imle.config import DEVICE_PATTERN, TrainConfig, config_hash, config_mismatch
 from imle.errors import CheckpointError, ConfigError
 from imle.method import IMLE
 from imle.nets import build_generator
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; refuses CUDA names without CUDA."""
+    """"auto" -> CUDA when available, else CPU; refuses unknown names and CUDA without CUDA."""
+    if not DEVICE_PATTERN.match(name):
+        raise ConfigError(f"device={name!r} is unknown; use cpu, cuda, cuda:N, mps or auto")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -61,26 +63,60 @@ def sample_shape_of(run_dir: str | Path) -> tuple[int, ...]:
                               f"shape the generator was built for") from exc
 
 
+def weight_files(config: TrainConfig) -> tuple[str, ...]:
+    """The weight files every checkpoint and snapshot of a run with this config holds."""
+    ema = config.optim.ema_decay > 0
+    return ("model.safetensors",) + (("ema.safetensors",) if ema else ())
+
+
+def check_checkpoint_config(folder: Path, config: TrainConfig) -> None:
+    """Raises CheckpointError naming the first field where the run's config.json differs from
+    the config recorded with the checkpoint (fields a resume may change excepted)."""
+    manifest = read_manifest(folder) or {}
+    trained = manifest.get("config")
+    if trained is None:  # written by an older imle: nothing to compare against
+        return
+    if manifest.get("config_sha256") == config_hash(config.to_dict()):
+        return
+    mismatch = config_mismatch(trained, config.to_dict())
+    if mismatch is not None:
+        raise CheckpointError(
+            f"config.json no longer matches checkpoint {folder}: {mismatch}; restore the field "
+            f"(the checkpoint's manifest.json holds the config it was trained with) or start "
+            f"a new run")
+
+
 def load_method(run_dir: str | Path, checkpoint: str | Path | None = None,
                 device: str = "cpu") -> tuple[IMLE, TrainConfig]:
     """Rebuilds a run's method with trained weights (EMA weights too, when the run keeps them).
 
     Args:
         run_dir: the run folder.
-        checkpoint: a checkpoint or snapshot folder; default: the newest checkpoint.
+        checkpoint: a checkpoint or snapshot folder; default: the newest complete checkpoint
+            (damaged newer ones are skipped with a `CheckpointWarning`).
         device: where to put the model.
+
+    Raises:
+        CheckpointError: no complete checkpoint, a damaged ``checkpoint`` folder, or a
+            config.json that no longer matches the checkpoint.
     """
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    folder = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
-    if folder is None or not (folder / "model.safetensors").exists():
-        raise CheckpointError(f"no trained weights found in {folder or run_dir / 'checkpoints'}")
-    weights = load_weights(folder / "model.safetensors")
+    need = weight_files(config)
+    if checkpoint is not None:
+        folder = Path(checkpoint)
+        problem = checkpoint_problem(folder, need)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {folder} is damaged: {problem}")
+    else:
+        folder = find_checkpoint(run_dir / "checkpoints", need)
+        if folder is None:
+            raise CheckpointError(f"no complete checkpoint in {run_dir / 'checkpoints'}")
+    check_checkpoint_config(folder, config)
     method = build_method(config, sample_shape_of(run_dir), resolve_device(device))
-    method.generator.load_state_dict(weights)
+    method.generator.load_state_dict(load_weights(folder / "model.safetensors"))
     if method.ema is not None:
-        ema_path = folder / "ema.safetensors"
-        method.ema.load_state_dict(load_weights(ema_path) if ema_path.exists() else weights)
+        method.ema.load_state_dict(load_weights(folder / "ema.safetensors"))
     return method, config
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +23,29 @@ import torch
 
 from imle._version import __version__
 from imle.checkpoint import (
-    latest_checkpoint,
+    RunLock,
+    checkpoint_folders,
+    checkpoint_problem,
+    clean_debris,
+    find_checkpoint,
     load_state,
     load_weights,
-    save_weights,
+    weights_bytes,
     write_checkpoint,
+    write_folder,
 )
-from imle.config import TrainConfig, replace
-from imle.errors import CheckpointError, ConfigError, DataError
+from imle.config import TrainConfig, config_hash, replace
+from imle.errors import CheckpointError, CheckpointWarning, ConfigError, DataError
+from imle.fileio import atomic_write_text
 from imle.method import mix_seed
 from imle.plotting import save_grid
-from imle.runs import build_method, read_config, resolve_device
+from imle.runs import (
+    build_method,
+    check_checkpoint_config,
+    read_config,
+    resolve_device,
+    weight_files,
+)
 
 GRID_SEED = 12345  # fixed latents so grids from different steps are comparable
 
@@ -71,6 +84,7 @@ class LoopState:
         loss_sum, loss_n, sgd_s: running totals of this outer iteration.
         match_stats: the refresh's statistics (logged with the outer iteration).
         snapshots_done: snapshot marks already written.
+        log_lines: records in ``log.jsonl`` (a resume cuts the log back to this many).
     """
 
     step: int = 0
@@ -88,14 +102,22 @@ class LoopState:
     sgd_s: float = 0.0
     match_stats: dict = field(default_factory=dict)
     snapshots_done: list = field(default_factory=list)
+    log_lines: int = 0
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a folder already holds (the start of) a training run."""
+    return any((run_dir / name).exists() for name in ("config.json", "log.jsonl", "checkpoints"))
 
 
 class Trainer:
     """Runs IMLE training into a run folder, with checkpoints and exact resume.
 
     The loop is `train`; it is made of public steps that benchmarks and other loops may call
-    directly: `needs_refresh` / `refresh` (draw S and a pool, match), `step` (one SGD step),
-    `log` (one log line per outer iteration), `checkpoint`.
+    directly: `needs_refresh` / `refresh` (draw S and a pool, match), `sgd_step` (one SGD
+    step), `log` (one log line per outer iteration), `checkpoint`. The first write opens the
+    run folder (`open`): it takes the folder's lock, refuses a folder that already holds a
+    run unless this trainer resumes it, and writes ``config.json``; `close` releases it.
 
     Args:
         config: the run's configuration (validated here).
@@ -132,6 +154,9 @@ class Trainer:
         self.state = LoopState()
         self._stop_reason: str | None = None
         self._writer = None
+        self._lock = RunLock(self.run_dir)
+        self._opened = False
+        self._resuming = False
 
     def __getattr__(self, name: str) -> Any:
         # Loop counters read as trainer attributes (trainer.step, trainer.outer, ...).
@@ -154,19 +179,35 @@ class Trainer:
             generator: the custom generator module, if the run was started with one.
         """
         run_dir = Path(run_dir)
-        config = read_config(run_dir)
-        updates = {}
-        if budget is not None:
-            updates["budget"] = budget
-        if budget_type is not None:
-            updates["budget_type"] = budget_type
-        if updates:
-            config = replace(config, **updates)
-        folder = latest_checkpoint(run_dir / "checkpoints")
-        if folder is None:
-            raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from")
-        trainer = cls(config, run_dir, data=data, generator=generator)
-        trainer._load(folder)
+        lock = RunLock(run_dir).acquire()  # before reading: a live writer may be mid-write
+        try:
+            config = read_config(run_dir)
+            folder = find_checkpoint(run_dir / "checkpoints", weight_files(config) + ("state.pt",))
+            if folder is None and checkpoint_folders(run_dir / "checkpoints"):
+                problems = [f"{p.name}: {checkpoint_problem(p)}"
+                            for p in checkpoint_folders(run_dir / "checkpoints")]
+                raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from "
+                                      f"({'; '.join(problems)})")
+            if folder is None:
+                warnings.warn(f"{run_dir} stopped before its first checkpoint; restarting it "
+                              f"from step 0 with its stored config", CheckpointWarning,
+                              stacklevel=2)
+            else:
+                check_checkpoint_config(folder, config)
+            updates = {}
+            if budget is not None:
+                updates["budget"] = budget
+            if budget_type is not None:
+                updates["budget_type"] = budget_type
+            if updates:
+                config = replace(config, **updates)
+            trainer = cls(config, run_dir, data=data, generator=generator)
+            trainer._lock, trainer._resuming = lock, True
+            if folder is not None:
+                trainer._load(folder)
+        except BaseException:
+            lock.release()
+            raise
         return trainer
 
     def _state(self) -> dict[str, Any]:
@@ -184,11 +225,12 @@ class Trainer:
 
     def checkpoint(self) -> Path:
         """Writes a complete checkpoint (weights, optimiser, RNG streams, loop and rule state)."""
+        self.open()
         weights = {"model": self.method.generator.state_dict()}
         if self.method.ema is not None:
             weights["ema"] = self.method.ema.state_dict()
         return write_checkpoint(self.run_dir / "checkpoints", self.step, weights, self._state(),
-                                self.config.keep_checkpoints)
+                                self.config.keep_checkpoints, config=self.config.to_dict())
 
     save_checkpoint = checkpoint
 
@@ -199,7 +241,10 @@ class Trainer:
             if self.method.ema is not None:
                 self.method.ema.load_state_dict(load_weights(folder / "ema.safetensors"))
             self.optimizer.load_state_dict(state["optimizer"])
-            self.state = LoopState(**state["loop"])
+            loop = dict(state["loop"])
+            if "log_lines" not in loop:  # written by an older imle: keep its whole log
+                loop["log_lines"] = self._log_line_count()
+            self.state = LoopState(**loop)
             pieces = self.method.pieces()
             for name, piece_state in state["pieces"].items():
                 if name not in pieces:
@@ -207,8 +252,8 @@ class Trainer:
                 pieces[name].load_state_dict(piece_state)
         except (RuntimeError, KeyError, TypeError, ConfigError) as exc:
             raise CheckpointError(
-                f"checkpoint {folder} does not fit this run's model ({exc}); was config.json "
-                f"edited? Restore it or start a new run"
+                f"checkpoint {folder} does not fit this run's model ({exc}); pass the "
+                f"generator the run was trained with, or start a new run"
             ) from exc
         self.data_rng.set_state(state["data_rng"])
         self.noise_rng.set_state(state["noise_rng"])
@@ -334,9 +379,10 @@ class Trainer:
             # The budget can end an outer iteration before all its steps ran.
             "partial": st.inner_step < self.steps_per_outer, **st.match_stats,
         }
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.open()
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        st.log_lines += 1
         if self._writer is not None:
             for key, value in record.items():
                 if key not in ("outer", "step") and isinstance(value, (int, float)):
@@ -364,13 +410,15 @@ class Trainer:
         return None
 
     def _save_snapshot(self, mark: float) -> None:
-        folder = self.run_dir / "snapshots" / f"min-{mark:g}"
-        folder.mkdir(parents=True, exist_ok=True)
         meta = {"step": str(self.step), "elapsed_s": f"{self.elapsed:.1f}",
                 "cpu_s": f"{self.cpu_elapsed:.1f}"}
-        save_weights(self.method.generator.state_dict(), folder / "model.safetensors", meta)
+        blobs = {"model.safetensors": weights_bytes(self.method.generator.state_dict(), meta)}
         if self.method.ema is not None:
-            save_weights(self.method.ema.state_dict(), folder / "ema.safetensors", meta)
+            blobs["ema.safetensors"] = weights_bytes(self.method.ema.state_dict(), meta)
+        self.open()
+        write_folder(self.run_dir / "snapshots" / f"min-{mark:g}", blobs,
+                     {"kind": "snapshot", "step": self.step, "config": self.config.to_dict(),
+                      "config_sha256": config_hash(self.config.to_dict())})
         self.state.snapshots_done.append(mark)
 
     @contextlib.contextmanager
@@ -388,18 +436,70 @@ class Trainer:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
-    def _open_run_folder(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config.to_json(self.run_dir / "config.json")
-        info = {"sample_shape": list(self.data.shape[1:]), "num_examples": self.data.shape[0],
-                "imle_version": __version__, "torch_version": torch.__version__,
-                "distance": self.method.distance.describe()}
-        (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    def _log_line_count(self) -> int:
+        path = self.run_dir / "log.jsonl"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def _cut_log(self) -> int | None:
+        """Cuts ``log.jsonl`` back to the records of the loaded checkpoint (a crash may have
+        left later ones); returns the TensorBoard purge step, or None when nothing was cut."""
+        path = self.run_dir / "log.jsonl"
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        keep = lines[:self.state.log_lines]
+        if len(lines) == len(keep) and all(line.endswith("\n") for line in keep):
+            return None
+        atomic_write_text(path, "".join(line if line.endswith("\n") else line + "\n"
+                                        for line in keep))
+        try:
+            return json.loads(keep[-1])["step"] + 1 if keep else 0
+        except (ValueError, KeyError):
+            return None
+
+    def open(self) -> None:
+        """Takes the run folder for this trainer (idempotent).
+
+        Locks it (`imle.checkpoint.RunLock`), refuses a folder that already holds a run unless
+        this trainer resumes it, removes crash debris, cuts a resumed run's log back to its
+        checkpoint and writes ``config.json`` and ``run_info.json``.
+
+        Raises:
+            RunFolderBusy: another live process writes the folder.
+            CheckpointError: the folder holds a run and this trainer does not resume it.
+        """
+        if self._opened and self._lock.held:
+            return
+        self._lock.acquire()
+        purge_step = None
+        if not self._opened:
+            if not self._resuming and holds_run(self.run_dir):
+                self._lock.release()
+                raise CheckpointError(
+                    f"{self.run_dir} already holds a run; continue it with `imle train --resume "
+                    f"{self.run_dir}` (Trainer.resume; a run that stopped before its first "
+                    f"checkpoint restarts from step 0), or choose another run folder")
+            clean_debris(self.run_dir)
+            if self._resuming:
+                purge_step = self._cut_log()
+            self.config.to_json(self.run_dir / "config.json")
+            info = {"sample_shape": list(self.data.shape[1:]),
+                    "num_examples": self.data.shape[0], "imle_version": __version__,
+                    "torch_version": torch.__version__,
+                    "distance": self.method.distance.describe()}
+            atomic_write_text(self.run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
+            self._opened = True
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is a dependency, but runs must not die without it
             return
-        self._writer = SummaryWriter(str(self.run_dir / "tb"))
+        if self._writer is None:
+            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+
+    def close(self) -> None:
+        """Flushes TensorBoard and releases the run folder's lock."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._lock.release()
 
     def _progress_bar(self) -> Any:
         if self.config.progress != "tqdm":
@@ -421,12 +521,12 @@ class Trainer:
             Summary with "status" ("finished", "interrupted" or "paused"), "step", "outer",
             "elapsed_s", "checkpoint" and the last log record.
         """
-        self._open_run_folder()
-        bar = self._progress_bar()
-        st, last_record, first_step = self.state, {}, self.step
-        last_ckpt = time.perf_counter()
+        st, last_record, first_step, bar = self.state, {}, self.step, None
         try:
             with self._signals():
+                self.open()
+                bar = self._progress_bar()
+                last_ckpt = time.perf_counter()
                 while self.progress() < 1.0 and self._stop_reason is None:
                     if until_step is not None and st.step >= until_step:
                         break
@@ -456,8 +556,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            if self._writer is not None:
-                self._writer.close()
+            self.close()
         status = ("interrupted" if self._stop_reason else
                   "finished" if self.progress() >= 1.0 else "paused")
         return {"status": status, "signal": self._stop_reason, "step": st.step,

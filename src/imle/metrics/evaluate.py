@@ -196,6 +196,11 @@ def normalize_metrics(metrics: Sequence[str] | str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: Fewest samples a Parzen estimate is reported for: a kernel density of a handful of points
+#: prints a number that measures the bandwidth grid, not the model.
+PARZEN_MIN_SAMPLES = 100
+
+
 def check_sizes(n: int, metrics: Sequence[str], num_features: int | None = None,
                 num_reference: int | None = None, num_floor: int | None = None,
                 kid_subset_size: int = 1000, prdc_k: int = 5) -> None:
@@ -212,6 +217,9 @@ def check_sizes(n: int, metrics: Sequence[str], num_features: int | None = None,
     """
     if n < 2:
         raise ConfigError(f"need at least 2 samples; got {n} (--num)")
+    if "parzen" in metrics and n < PARZEN_MIN_SAMPLES:
+        raise ConfigError(f"Parzen needs at least {PARZEN_MIN_SAMPLES} samples for its kernel "
+                          f"density (the protocol uses 10,000); got {n} (--num)")
     sizes = {"samples": n}
     if num_reference is not None:
         sizes["reference examples (--num-reference)"] = num_reference
