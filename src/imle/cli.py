@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imle.config import PRESETS, SECTIONS, TrainConfig
-from imle.errors import ConfigError
+from imle.errors import ConfigError, DataError
 
 # Flags whose plain field name would be ambiguous or unidiomatic.
 RENAMED = {("data", "name"): "data", ("data", "options"): "data-options",
@@ -123,6 +123,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
     sample.add_argument("--overwrite", action="store_true",
                         help="replace existing --out/--grid files (written atomically)")
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--conditions", type=Path,
+                        help="conditional runs: .npy of conditions (n, *condition_shape); "
+                             "--num samples each, written as (n, NUM, *sample_shape)")
     sample.add_argument("--checkpoint", type=Path, help="checkpoint or snapshot folder")
     sample.add_argument("--batch-size", type=int, default=1000)
     sample.add_argument("--device", default="cpu")
@@ -193,6 +196,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
+    import torch
 
     from imle.fileio import atomic_path, check_writable
     from imle.runs import resolve_device, sample_from_run
@@ -207,15 +211,25 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     check_writable(args.out, args.overwrite)
     if args.grid:
         check_writable(args.grid, args.overwrite)
+    conditions = None
+    if args.conditions is not None:
+        try:
+            conditions = torch.from_numpy(np.load(args.conditions, allow_pickle=False)).float()
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{args.conditions}: cannot read as .npy ({exc})") from exc
     samples, _ = sample_from_run(args.run, args.num, seed=args.seed, batch_size=args.batch_size,
-                                 checkpoint=args.checkpoint, device=args.device)
+                                 checkpoint=args.checkpoint, device=args.device,
+                                 conditions=conditions)
     with atomic_path(args.out) as tmp:
         np.save(tmp, samples.clamp(0, 1).numpy().astype(np.float32))
     print(f"wrote {tuple(samples.shape)} float32 samples to {args.out}")
     if args.grid:
         from imle.plotting import save_grid
 
-        save_grid(samples[:64], args.grid, nrow=8)
+        if conditions is not None:  # one row per condition
+            save_grid(samples[:8, :8].flatten(0, 1), args.grid, nrow=min(8, samples.shape[1]))
+        else:
+            save_grid(samples[:64], args.grid, nrow=8)
         print(f"wrote grid {args.grid}")
     return 0
 

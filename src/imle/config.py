@@ -109,6 +109,10 @@ class DataConfig(_Typed):
             before ``limit``). Empty: all.
         options: loader options of the data set, e.g. {"patch_size": 32, "stride": 8} for
             "photos" or {"num": 5000} for the toy mixtures.
+        task: conditional task, "" for unconditional IMLE: "superres:F" (condition = the image
+            downsampled F times), "inpaint:top" (or bottom/left/right: the kept half), "class"
+            (one-hot label) or "pairs" (name is a .npz with arrays c and x); needs a
+            conditional model.type ("img2img", "cond-mlp", "cond-dcgan28", ...).
     """
 
     name: str = "mnist"
@@ -117,6 +121,7 @@ class DataConfig(_Typed):
     limit: int | None = None
     indices: tuple[int, ...] = ()
     options: dict = field(default_factory=dict)
+    task: str = ""
 
 
 @dataclass(frozen=True)
@@ -266,17 +271,25 @@ class TrainConfig(_Typed):
         """Raises ConfigError naming the field and a valid choice for any impossible value.
 
         Runs when the config is built; types are checked before it by each section."""
+        from imle.data.tasks import TASK_PATTERN
         from imle.distances import DISTANCES
         from imle.matchers import MATCHERS
-        from imle.nets import GENERATORS
+        from imle.nets import CONDITIONAL_GENERATORS, GENERATORS
 
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ConfigError(msg)
 
         m, o = self.method, self.optim
-        need(self.model.type in GENERATORS,
-             f"model.type={self.model.type!r} is unknown; choose one of {sorted(GENERATORS)}")
+        task = self.data.task
+        need(task == "" or bool(TASK_PATTERN.match(task)),
+             f"data.task={task!r} is unknown; use superres:F, inpaint:top|bottom|left|right, "
+             f"class or pairs (or leave it empty)")
+        nets = CONDITIONAL_GENERATORS if task else GENERATORS
+        need(self.model.type in nets,
+             f"model.type={self.model.type!r} is not a{' conditional' if task else 'n'} "
+             f"generator{' (data.task is ' + repr(task) + ')' if task else ''}; choose one of "
+             f"{sorted(nets)}")
         need(self.model.latent_dim >= 1, "model.latent_dim must be >= 1")
         need(self.model.width is None or self.model.width >= 1, "model.width must be >= 1")
         need(m.subset_size is None or m.subset_size >= 1,

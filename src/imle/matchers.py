@@ -62,6 +62,8 @@ class Matcher:
     name: ClassVar[str] = "imle"
     OPTIONS: ClassVar[dict[str, Any]] = {}
     needs_current: ClassVar[bool] = False
+    #: The model is trained at z = 0 only, so samples are drawn at z = 0 too (regression).
+    samples_at_zero: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = check_options(f"method {self.name!r}", self.OPTIONS, options)
@@ -124,6 +126,19 @@ class Matcher:
             anchors: (a, f) embedding of the examples rejection is measured against.
             search: nearest-neighbour search in the distance's metric.
             metric: that metric ("l2": distances are squared).
+        """
+        return None
+
+    def reject_own(self, distances: torch.Tensor, anchors: torch.Tensor,
+                   metric: str) -> torch.Tensor | None:
+        """Conditional pools: (n, k) bool mask of each condition's own pool members that stay
+        candidates, or None for all of them.
+
+        Args:
+            distances: (n, k) distance of target i to the k samples of its own condition
+                (squared for "l2").
+            anchors: (n, f) embedding of the targets (for rules that set a scale from them).
+            metric: the distance's metric.
         """
         return None
 
@@ -299,9 +314,7 @@ class RSMatcher(Matcher):
 
     def reject(self, pool_features: torch.Tensor, anchors: torch.Tensor, search: SearchFn,
                metric: str) -> torch.Tensor | None:
-        if self.epsilon is None:
-            self.epsilon = self.options["epsilon_nn_frac"] * nn_distance_scale(anchors, metric)
-        eps = self.epsilon
+        eps = self._epsilon(anchors, metric)
         if eps <= 0:
             self.last_rejected = 0.0
             return None
@@ -318,6 +331,22 @@ class RSMatcher(Matcher):
         if self.last_rejected > 0.9:
             warnings.warn(f"RS-IMLE rejected {self.last_rejected:.1%} of the pool "
                           f"(epsilon={eps:.4g}); matches come from few samples", stacklevel=2)
+        return keep
+
+    def _epsilon(self, anchors: torch.Tensor, metric: str) -> float:
+        if self.epsilon is None:
+            self.epsilon = self.options["epsilon_nn_frac"] * nn_distance_scale(anchors, metric)
+        return self.epsilon
+
+    def reject_own(self, distances: torch.Tensor, anchors: torch.Tensor,
+                   metric: str) -> torch.Tensor | None:
+        # IMLE Policy's rule: a sample within epsilon of its own condition's target is rejected.
+        eps = self._epsilon(anchors, metric)
+        if eps <= 0:
+            self.last_rejected = 0.0
+            return None
+        keep = distances >= (eps * eps if metric == "l2" else eps)
+        self.last_rejected = 1.0 - float(keep.float().mean())
         return keep
 
     def commit(self, ids: torch.Tensor, selected: torch.Tensor, latents: torch.Tensor,
@@ -340,6 +369,20 @@ class RSMatcher(Matcher):
         self.epsilon = state.get("epsilon")
         if self.adaptive is not None:
             self.adaptive.load(state)
+
+
+@register_matcher("regression")
+class RegressionMatcher(Matcher):
+    """The regression baseline, not IMLE: every example keeps the latent z = 0, so training
+    minimises loss(x, T(0, c)), plain regression of the target on the condition with the same
+    network (set latent_noise to 0). No pool is drawn, and samples are drawn at z = 0."""
+
+    samples_at_zero: ClassVar[bool] = True
+
+    def select(self, ids: torch.Tensor, current: torch.Tensor | None) -> torch.Tensor:
+        self.has[ids] = True  # latents stay at their initial zeros
+        self.matched_dist[ids] = math.nan  # nothing is matched
+        return torch.zeros(ids.shape[0], dtype=torch.bool)
 
 
 def build_matcher(spec: str | Matcher, options: dict[str, Any] | None = None) -> Matcher:

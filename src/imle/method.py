@@ -151,12 +151,13 @@ class IMLE(nn.Module):
 
     @classmethod
     def from_config(cls, method: Any, generator: nn.Module, latent_dim: int,
-                    ema_decay: float = 0.0) -> IMLE:
+                    ema_decay: float = 0.0, **extra: Any) -> IMLE:
         """Builds the method from an `imle.config.MethodConfig` (every field but `LOOP_FIELDS`
-        is a keyword of this class, so a new field needs no copying code)."""
+        is a keyword of this class, so a new field needs no copying code); ``extra`` keywords
+        go to the class (e.g. ``cond_shape`` of `imle.conditional.ConditionalIMLE`)."""
         kwargs = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)
                   if f.name not in LOOP_FIELDS}
-        return cls(generator, latent_dim, ema_decay=ema_decay, **kwargs)
+        return cls(generator, latent_dim, ema_decay=ema_decay, **kwargs, **extra)
 
     def pieces(self) -> dict[str, Any]:
         """The method's stateful parts by name; each has ``state_dict``/``load_state_dict``."""
@@ -289,6 +290,33 @@ class IMLE(nn.Module):
                           backend="exact")
         return d[:, 0], i[:, 0]
 
+    def _select(self, data: torch.Tensor, ids: torch.Tensor | None, current_of: Any
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, float]:
+        """The start of every refresh: the rule's state for ``ids``, the current distances
+        (rules that need them; ``current_of(has, latents)`` measures the examples ``has``
+        with their stored latents) and the rule's choice of examples to re-match.
+
+        Returns:
+            (ids (n,) CPU int64, current (n,) or None, selected (n,) bool, seconds taken).
+        """
+        n = data.shape[0]
+        if n == 0:
+            raise ShapeError("cannot match an empty batch of data")
+        ids = torch.arange(n) if ids is None else torch.as_tensor(ids).long().cpu()
+        if ids.shape != (n,):
+            raise ShapeError(f"ids must have shape ({n},), got {tuple(ids.shape)}")
+        self._prepare()
+        rule = self.matcher
+        rule.prepare(ids, self.latent_dim)
+        t0 = time.perf_counter()
+        current = None
+        if rule.needs_current:
+            current = torch.full((n,), math.inf)
+            has = rule.has[ids]
+            if bool(has.any()):
+                current[has] = current_of(has, rule.latents[ids[has]])
+        return ids, current, rule.select(ids, current), time.perf_counter() - t0
+
     @torch.no_grad()
     def match(self, data: torch.Tensor, seed: int = 0, pool_size: int | None = None,
               estimate_recall: int | None = None, ids: torch.Tensor | None = None,
@@ -310,26 +338,11 @@ class IMLE(nn.Module):
             Matches with (n, latent_dim) latents and (n,) distances (squared for "l2").
         """
         self.check_data_shape(data)
-        n = data.shape[0]
-        if n == 0:
-            raise ShapeError("cannot match an empty batch of data")
-        ids = torch.arange(n) if ids is None else torch.as_tensor(ids).long().cpu()
-        if ids.shape != (n,):
-            raise ShapeError(f"ids must have shape ({n},), got {tuple(ids.shape)}")
-        self._prepare()
-        rule = self.matcher
-        rule.prepare(ids, self.latent_dim)
-        t0 = time.perf_counter()
-        current = None
-        if rule.needs_current:
-            current = torch.full((n,), math.inf)
-            has = rule.has[ids]
-            if bool(has.any()):
-                current[has] = self.distances_to(data[has.to(data.device)],
-                                                 rule.latents[ids[has]])
-        selected = rule.select(ids, current)
+        ids, current, selected, took = self._select(
+            data, ids, lambda has, latents: self.distances_to(data[has.to(data.device)], latents))
+        n, rule = data.shape[0], self.matcher
         sel = selected.nonzero().flatten()
-        stats: dict[str, Any] = {"current_s": time.perf_counter() - t0,
+        stats: dict[str, Any] = {"current_s": took,
                                  "rematched_frac": float(selected.float().mean())}
         indices = torch.full((n,), -1, dtype=torch.long)
         if sel.numel():
@@ -442,6 +455,9 @@ class IMLE(nn.Module):
         module = self.ema if (use_ema and self.ema is not None) else self.generator
         was_training = module.training
         module.eval()
-        out = self.generate(self.draw_latents(n, seed), module=module).float()
+        latents = self.draw_latents(n, seed)
+        if self.matcher.samples_at_zero:
+            latents = torch.zeros_like(latents)
+        out = self.generate(latents, module=module).float()
         module.train(was_training)
         return out

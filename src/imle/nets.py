@@ -211,3 +211,115 @@ class ResConvGenerator(nn.Module):
 @register_generator("resconv28")
 def _resconv28(latent_dim: int, sample_shape: tuple[int, ...], width: int | None) -> nn.Module:
     return ResConvGenerator(latent_dim, _need_image("resconv28", sample_shape, 28), width or 64)
+
+
+# ------------------------------------------------------------------- conditional generators
+#: Conditional generator factories ``f(latent_dim, sample_shape, cond_shape, width)``; each
+#: module maps (z (B, latent_dim), c (B, *cond_shape)) to (B, *sample_shape).
+CONDITIONAL_GENERATORS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_conditional_generator(name: str) -> Callable[[Callable[..., nn.Module]],
+                                                           Callable[..., nn.Module]]:
+    """Decorator adding a conditional generator factory under ``name``."""
+
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        CONDITIONAL_GENERATORS[name] = factory
+        return factory
+
+    return wrap
+
+
+def build_conditional_generator(type: str, latent_dim: int, sample_shape: tuple[int, ...],
+                                cond_shape: tuple[int, ...],
+                                width: int | None = None) -> nn.Module:
+    """Builds a registered conditional generator T(z, c)."""
+    if type not in CONDITIONAL_GENERATORS:
+        raise ConfigError(f"unknown conditional generator {type!r}; choose one of "
+                          f"{sorted(CONDITIONAL_GENERATORS)}")
+    return CONDITIONAL_GENERATORS[type](latent_dim=latent_dim, sample_shape=tuple(sample_shape),
+                                        cond_shape=tuple(cond_shape), width=width)
+
+
+class ConcatConditioned(nn.Module):
+    """T(z, c) = G([z, flatten(c)]) for any unconditional generator G built for
+    latent_dim + prod(cond_shape) inputs: the usual conditioning for vector conditions (one-hot
+    labels, observations)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.cat([z, c.flatten(1).to(z.dtype)], dim=1))
+
+
+def _concat(name: str) -> Callable[..., nn.Module]:
+    def factory(latent_dim: int, sample_shape: tuple[int, ...], cond_shape: tuple[int, ...],
+                width: int | None) -> nn.Module:
+        inner = GENERATORS[name](latent_dim=latent_dim + math.prod(cond_shape),
+                                 sample_shape=sample_shape, width=width)
+        return ConcatConditioned(inner)
+    return factory
+
+
+for _name in ("mlp", "dcgan28", "dcgan32"):
+    register_conditional_generator(f"cond-{_name}")(_concat(_name))
+
+
+class ImageToImage(nn.Module):
+    """Image-to-image generator for super-resolution and completion: T(z, c) for an image
+    condition c (B, Cc, h, w) (resized to the output size) and a latent vector z.
+
+    Encoder: conv (w) -> stride-2 conv (2w, H/2) -> stride-2 conv (4w, H/4). The latent enters
+    at the bottleneck as 16 noise channels (a linear map of z) and by FiLM (per-channel scale
+    and shift from z), so every resolution of the decoder sees it. Decoder: nearest upsample +
+    conv with skip connections back to (C, H, W), sigmoid output. H and W must be multiples of 4.
+    """
+
+    def __init__(self, latent_dim: int, sample_shape: tuple[int, ...],
+                 cond_shape: tuple[int, ...], width: int = 32) -> None:
+        super().__init__()
+        if len(sample_shape) != 3 or len(cond_shape) != 3 or sample_shape[1] % 4 or \
+                sample_shape[2] % 4:
+            raise ConfigError(f"'img2img' maps image conditions (C, h, w) to images (C, H, W) "
+                              f"with H, W multiples of 4; got condition {cond_shape} and "
+                              f"samples {sample_shape}")
+        c_out, h, w_ = sample_shape
+        w = width
+        self.size = (h, w_)
+        self.bottleneck = (h // 4, w_ // 4)
+        act = nn.LeakyReLU(0.2)
+        self.enc1 = nn.Sequential(nn.Conv2d(cond_shape[0], w, 3, padding=1), act)
+        self.enc2 = nn.Sequential(nn.Conv2d(w, 2 * w, 4, 2, 1), act)
+        self.enc3 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 4, 2, 1), act)
+        self.z_map = nn.Linear(latent_dim, 16 * h // 4 * w_ // 4)
+        self.z_film = nn.Linear(latent_dim, 2 * 4 * w)
+        self.mid = nn.Sequential(nn.Conv2d(4 * w + 16, 4 * w, 3, padding=1), act)
+        self.up2 = nn.Sequential(nn.Upsample(scale_factor=2),
+                                 nn.Conv2d(4 * w, 2 * w, 3, padding=1), act)
+        self.dec2 = nn.Sequential(nn.Conv2d(4 * w, 2 * w, 3, padding=1), act)
+        self.up1 = nn.Sequential(nn.Upsample(scale_factor=2),
+                                 nn.Conv2d(2 * w, w, 3, padding=1), act)
+        self.dec1 = nn.Sequential(nn.Conv2d(2 * w, w, 3, padding=1), act,
+                                  nn.Conv2d(w, c_out, 3, padding=1), nn.Sigmoid())
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        c = c.to(z.dtype) if c.is_floating_point() else c.float()
+        if tuple(c.shape[2:]) != self.size:
+            c = F.interpolate(c, size=self.size, mode="nearest")
+        e1 = self.enc1(c)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        scale, shift = self.z_film(z).chunk(2, dim=1)
+        e3 = e3 * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        zmap = self.z_map(z).view(z.shape[0], 16, *self.bottleneck)
+        h = self.mid(torch.cat([e3, zmap], 1))
+        h = self.dec2(torch.cat([self.up2(h), e2], 1))
+        return self.dec1(torch.cat([self.up1(h), e1], 1))
+
+
+@register_conditional_generator("img2img")
+def _img2img(latent_dim: int, sample_shape: tuple[int, ...], cond_shape: tuple[int, ...],
+             width: int | None) -> nn.Module:
+    return ImageToImage(latent_dim, sample_shape, cond_shape, width or 32)

@@ -13,10 +13,11 @@ from typing import Any
 import torch
 
 from imle.checkpoint import checkpoint_problem, find_checkpoint, load_weights, read_manifest
+from imle.conditional import ConditionalIMLE
 from imle.config import DEVICE_PATTERN, TrainConfig, config_hash, config_mismatch
 from imle.errors import CheckpointError, ConfigError
 from imle.method import IMLE
-from imle.nets import build_generator
+from imle.nets import build_conditional_generator, build_generator
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,16 +33,30 @@ def resolve_device(name: str) -> torch.device:
 
 def build_method(config: TrainConfig, sample_shape: tuple[int, ...],
                  device: torch.device | str = "cpu",
-                 generator: torch.nn.Module | None = None) -> IMLE:
-    """Builds the generator (initialised from config.seed) and the IMLE method around it."""
+                 generator: torch.nn.Module | None = None,
+                 cond_shape: tuple[int, ...] | None = None) -> IMLE:
+    """Builds the generator (initialised from config.seed) and the IMLE method around it; a
+    conditional run (``data.task`` set) gets a `ConditionalIMLE` for conditions of
+    ``cond_shape``."""
+    m = config.model
+    if config.data.task and cond_shape is None:
+        raise ConfigError(f"data.task={config.data.task!r} needs the condition shape")
     if generator is None:
         # Seed only the initialisation, without reseeding the caller's global stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            generator = build_generator(config.model.type, config.model.latent_dim,
-                                        sample_shape, config.model.width)
-    method = IMLE.from_config(config.method, generator, config.model.latent_dim,
-                              ema_decay=config.optim.ema_decay)
+            if config.data.task:
+                generator = build_conditional_generator(m.type, m.latent_dim, sample_shape,
+                                                        tuple(cond_shape), m.width)
+            else:
+                generator = build_generator(m.type, m.latent_dim, sample_shape, m.width)
+    if config.data.task:
+        method = ConditionalIMLE.from_config(config.method, generator, m.latent_dim,
+                                             ema_decay=config.optim.ema_decay,
+                                             cond_shape=tuple(cond_shape))
+    else:
+        method = IMLE.from_config(config.method, generator, m.latent_dim,
+                                  ema_decay=config.optim.ema_decay)
     return method.to(device)
 
 
@@ -53,14 +68,26 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     return TrainConfig.from_json(cfg_path)
 
 
-def sample_shape_of(run_dir: str | Path) -> tuple[int, ...]:
-    """The sample shape a run's generator was built for (from ``run_info.json``)."""
+def _run_info(run_dir: str | Path) -> dict[str, Any]:
     info_path = Path(run_dir) / "run_info.json"
     try:
-        return tuple(json.loads(info_path.read_text())["sample_shape"])
-    except (FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
+        info = json.loads(info_path.read_text())
+        info["sample_shape"]  # noqa: B018 - checked here, used by the callers
+        return info
+    except (FileNotFoundError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{info_path} is missing or unreadable; it records the sample "
                               f"shape the generator was built for") from exc
+
+
+def sample_shape_of(run_dir: str | Path) -> tuple[int, ...]:
+    """The sample shape a run's generator was built for (from ``run_info.json``)."""
+    return tuple(_run_info(run_dir)["sample_shape"])
+
+
+def condition_shape_of(run_dir: str | Path) -> tuple[int, ...] | None:
+    """The condition shape of a conditional run (None for an unconditional one)."""
+    shape = _run_info(run_dir).get("condition_shape")
+    return None if shape is None else tuple(shape)
 
 
 def weight_files(config: TrainConfig) -> tuple[str, ...]:
@@ -113,7 +140,8 @@ def load_method(run_dir: str | Path, checkpoint: str | Path | None = None,
         if folder is None:
             raise CheckpointError(f"no complete checkpoint in {run_dir / 'checkpoints'}")
     check_checkpoint_config(folder, config)
-    method = build_method(config, sample_shape_of(run_dir), resolve_device(device))
+    method = build_method(config, sample_shape_of(run_dir), resolve_device(device),
+                          cond_shape=condition_shape_of(run_dir))
     method.generator.load_state_dict(load_weights(folder / "model.safetensors"))
     if method.ema is not None:
         method.ema.load_state_dict(load_weights(folder / "ema.safetensors"))
@@ -121,13 +149,30 @@ def load_method(run_dir: str | Path, checkpoint: str | Path | None = None,
 
 
 def sample_from_run(run_dir: str | Path, num: int, seed: int = 0, batch_size: int = 1000,
-                    checkpoint: str | Path | None = None,
-                    device: str = "cpu") -> tuple[torch.Tensor, dict[str, Any]]:
+                    checkpoint: str | Path | None = None, device: str = "cpu",
+                    conditions: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Draws samples from a trained run.
 
+    Args:
+        conditions: for a conditional run, (n, *condition_shape): ``num`` samples each.
+
     Returns:
-        (samples (num, *sample_shape) float32 on CPU, the run's config as a dict).
+        (samples float32 on CPU, the run's config as a dict): (num, *sample_shape), or
+        (n, num, *sample_shape) for a conditional run.
     """
     method, config = load_method(run_dir, checkpoint, device)
     method.pool_batch_size = batch_size
+    if isinstance(method, ConditionalIMLE):
+        if conditions is None:
+            raise ConfigError(f"{run_dir} is a conditional run (task "
+                              f"{config.data.task!r}); give conditions (imle sample "
+                              f"--conditions C.npy of shape (n, *{method.cond_shape}))")
+        if tuple(conditions.shape[1:]) != method.cond_shape:
+            raise ConfigError(f"conditions must have shape (n, *{method.cond_shape}); got "
+                              f"{tuple(conditions.shape)}")
+        out = method.sample_conditional(conditions.float().to(method.device), num, seed=seed)
+        return out.cpu(), config.to_dict()
+    if conditions is not None:
+        raise ConfigError(f"{run_dir} is not a conditional run; drop the conditions")
     return method.sample(num, seed=seed).cpu(), config.to_dict()

@@ -50,25 +50,42 @@ from imle.runs import (
 GRID_SEED = 12345  # fixed latents so grids from different steps are comparable
 
 
-def load_data(config: TrainConfig) -> torch.Tensor:
-    """Loads the training examples (N, *sample_shape) float32 named by config.data."""
+def load_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loads the training examples named by config.data.
+
+    Returns:
+        (targets (N, *sample_shape) float32, conditions (N, *cond_shape) float32 for a
+        conditional task, else None).
+    """
     from imle.data import load_dataset
+    from imle.data.tasks import load_pairs, make_task
 
     d = config.data
-    x = load_dataset(d.name, split=d.split, data_dir=d.data_dir, **d.options).x
+    c = None
+    if d.task == "pairs":
+        c, x = load_pairs(d.name)
+    else:
+        ds = load_dataset(d.name, split=d.split, data_dir=d.data_dir, **d.options)
+        x = ds.x
+        if d.task:
+            # One-hot width from the whole split, before any subset drops a class.
+            k = int(ds.labels.max()) + 1 if ds.labels is not None else None
+            c, x = make_task(d.task, x, ds.labels, num_classes=k)
     if d.indices:
         bad = [i for i in d.indices if i >= x.shape[0]]
         if bad:
             raise DataError(f"data.indices {bad[:5]} are out of range for {d.name!r} split "
                             f"{d.split!r} ({x.shape[0]} examples)")
         x = x[list(d.indices)]
+        c = None if c is None else c[list(d.indices)]
     if d.limit is not None:
         x = x[:d.limit]
+        c = None if c is None else c[:d.limit]
     if x.shape[0] == 0:
         raise DataError(f"data set {d.name!r} split {d.split!r} is empty")
     if not torch.isfinite(x).all():
         raise DataError(f"data set {d.name!r} contains NaN or infinite values")
-    return x.float().contiguous()
+    return x.float().contiguous(), None if c is None else c.float().contiguous()
 
 
 @dataclass
@@ -125,21 +142,35 @@ class Trainer:
         data: training examples (N, *sample_shape); loaded from config.data if None.
         generator: a custom generator module; by default one is built from config.model by the
             registry in `imle.nets` (custom modules must be passed again on resume).
+        conditions: (N, *cond_shape) conditions of a conditional run (``data.task`` set), one
+            per example of ``data``; derived from config.data when ``data`` is None.
 
     Use `Trainer.resume(run_dir)` to continue a run from its newest checkpoint.
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path,
                  data: torch.Tensor | None = None,
-                 generator: torch.nn.Module | None = None) -> None:
+                 generator: torch.nn.Module | None = None,
+                 conditions: torch.Tensor | None = None) -> None:
         self.config = config.validate()
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.device)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
-        self.data = (load_data(config) if data is None else data.float()).to(self.device)
-        self.method = build_method(config, tuple(self.data.shape[1:]), self.device, generator)
+        if data is None:
+            data, conditions = load_data(config)
+        self.data = data.float().to(self.device)
+        if bool(config.data.task) != (conditions is not None):
+            raise ConfigError("conditions are given exactly when data.task names a conditional "
+                              "task")
+        self.conditions = None if conditions is None else conditions.float().to(self.device)
+        if self.conditions is not None and self.conditions.shape[0] != self.data.shape[0]:
+            raise DataError(f"{self.conditions.shape[0]} conditions for {self.data.shape[0]} "
+                            f"examples")
+        cond_shape = None if conditions is None else tuple(conditions.shape[1:])
+        self.method = build_method(config, tuple(self.data.shape[1:]), self.device, generator,
+                                   cond_shape)
         self.method.check_data_shape(self.data)
         o = config.optim
         opt_cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
@@ -169,7 +200,8 @@ class Trainer:
     @classmethod
     def resume(cls, run_dir: str | Path, budget: float | None = None,
                budget_type: str | None = None, data: torch.Tensor | None = None,
-               generator: torch.nn.Module | None = None) -> Trainer:
+               generator: torch.nn.Module | None = None,
+               conditions: torch.Tensor | None = None) -> Trainer:
         """Rebuilds a run from its folder and loads its newest checkpoint.
 
         Args:
@@ -177,6 +209,7 @@ class Trainer:
             budget, budget_type: optionally extend or change the run's budget.
             data: training examples; loaded from the stored config if None.
             generator: the custom generator module, if the run was started with one.
+            conditions: the conditions passed with ``data``, for a conditional run.
         """
         run_dir = Path(run_dir)
         lock = RunLock(run_dir).acquire()  # before reading: a live writer may be mid-write
@@ -201,7 +234,8 @@ class Trainer:
                 updates["budget_type"] = budget_type
             if updates:
                 config = replace(config, **updates)
-            trainer = cls(config, run_dir, data=data, generator=generator)
+            trainer = cls(config, run_dir, data=data, generator=generator,
+                          conditions=conditions)
             trainer._lock, trainer._resuming = lock, True
             if folder is not None:
                 trainer._load(folder)
@@ -310,9 +344,11 @@ class Trainer:
         if m.recall_sample > 0:  # the recall check is a diagnostic: run it on some refreshes only
             recall = m.recall_sample if st.outer % m.recall_every_outer == 0 else 0
         # The pool seed is a function of (seed, outer) so resumed runs redraw identical pools.
-        matches = self.method.match(self.data[st.subset.to(self.device)],
-                                    seed=mix_seed(self.config.seed, st.outer), ids=st.subset,
-                                    estimate_recall=recall, reference=self.data)
+        rows = st.subset.to(self.device)
+        extra = {} if self.conditions is None else {"conditions": self.conditions[rows]}
+        matches = self.method.match(self.data[rows], seed=mix_seed(self.config.seed, st.outer),
+                                    ids=st.subset, estimate_recall=recall, reference=self.data,
+                                    **extra)
         st.matched = matches.latents
         # Mean over all of S of each example's match distance (when it was matched): defined
         # even when the rule re-matched nobody this refresh.
@@ -344,12 +380,13 @@ class Trainer:
             raise RuntimeError("call refresh() before the first sgd_step()")
         t0 = time.perf_counter()
         idx = self._next_batch()
-        x = self.data[st.subset[idx].to(self.device)]
+        rows = st.subset[idx].to(self.device)
         z = st.matched[idx.to(self.device)]
         lr = self.lr_at(self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = self.method(x, z, generator=self.noise_rng)
+        extra = {} if self.conditions is None else {"conditions": self.conditions[rows]}
+        loss = self.method(self.data[rows], z, generator=self.noise_rng, **extra)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.optim.grad_clip > 0:
@@ -396,7 +433,11 @@ class Trainer:
             record = self.log()
         every = self.config.sample_every_outer
         if every and (force or self.outer % every == 0):
-            images = self.method.sample(64, seed=GRID_SEED)
+            if self.conditions is None:
+                images = self.method.sample(64, seed=GRID_SEED)
+            else:  # rows: the first 8 training conditions, 8 samples each
+                images = self.method.sample_conditional(self.conditions[:8], 8,
+                                                        seed=GRID_SEED).flatten(0, 1)
             if images.ndim == 4:
                 save_grid(images, self.run_dir / "samples" / f"step-{self.step:09d}.png", nrow=8)
         return record
@@ -482,6 +523,8 @@ class Trainer:
                 purge_step = self._cut_log()
             self.config.to_json(self.run_dir / "config.json")
             info = {"sample_shape": list(self.data.shape[1:]),
+                    "condition_shape": (None if self.conditions is None
+                                        else list(self.conditions.shape[1:])),
                     "num_examples": self.data.shape[0], "imle_version": __version__,
                     "torch_version": torch.__version__,
                     "distance": self.method.distance.describe()}

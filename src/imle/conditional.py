@@ -1,0 +1,254 @@
+"""Conditional IMLE: one model T(z, c), many right answers per condition.
+
+For each condition c_i of the examples being matched, draw k = ceil(pool_multiplier) latents,
+generate T(z_ij, c_i), and match target x_i to the nearest of *its own* k samples (never to a
+sample of another condition). Every matching rule works per condition: RS-IMLE rejects the
+samples within epsilon of their own target (IMLE Policy's rule), Adaptive IMLE keeps one
+threshold per (condition, target) example. The search is `imle.knn.search_grouped`, exact and
+batched over conditions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from imle.errors import DataError, ShapeError
+from imle.knn.grouped import grouped_distances
+from imle.method import IMLE, Matches
+
+
+class ConditionalIMLE(IMLE):
+    """IMLE around a conditional generator ``generator(z, c)``.
+
+    Args:
+        generator: module mapping (z (B, latent_dim), c (B, *cond_shape)) to (B, *sample_shape).
+        latent_dim: dimension of z ~ N(0, I).
+        cond_shape: shape of one condition.
+        **kwargs: as `imle.IMLE`; ``pool_multiplier`` is the number of samples per condition
+            (rounded up), so the pool of a refresh has pool_multiplier * |S| rows as in the
+            unconditional method.
+
+    Example:
+        >>> method = ConditionalIMLE(gen, 8, cond_shape=(1, 7, 7), pool_multiplier=20)
+        >>> matches = method.match(x, conditions=c)          # x: (n, 1, 28, 28), c: (n, 1, 7, 7)
+        >>> loss = method(x[:64], matches.latents[:64], conditions=c[:64])
+        >>> samples = method.sample_conditional(c[:8], 10)   # (8, 10, 1, 28, 28)
+    """
+
+    def __init__(self, generator: nn.Module, latent_dim: int, cond_shape: tuple[int, ...],
+                 **kwargs: Any) -> None:
+        super().__init__(generator, latent_dim, **kwargs)
+        self.cond_shape = tuple(cond_shape)
+        if self.matcher.options.get("reject_against") == "all":
+            raise ShapeError("conditional RS rejects samples near their own target only; drop "
+                             "reject_against='all'")
+
+    @property
+    def per_condition(self) -> int:
+        return max(1, math.ceil(self.pool_multiplier))
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        if self._sample_shape is None:
+            with torch.no_grad():
+                z = torch.zeros(2, self.latent_dim, device=self.device)
+                c = torch.zeros(2, *self.cond_shape, device=self.device)
+                out = self.generator(z, c)
+            if out.ndim < 2 or out.shape[0] != 2:
+                raise ShapeError(f"the conditional generator must map (B, {self.latent_dim}) "
+                                 f"latents and (B, *{self.cond_shape}) conditions to (B, ...) "
+                                 f"samples; it returned {tuple(out.shape)}")
+            self._sample_shape = tuple(out.shape[1:])
+        return self._sample_shape
+
+    def check_conditions(self, conditions: torch.Tensor | None, n: int) -> torch.Tensor:
+        if conditions is None:
+            raise ShapeError("a conditional model needs conditions= (one per example)")
+        if conditions.shape[0] != n or tuple(conditions.shape[1:]) != self.cond_shape:
+            raise ShapeError(f"conditions must have shape ({n}, *{self.cond_shape}); got "
+                             f"{tuple(conditions.shape)}")
+        return conditions
+
+    @torch.no_grad()
+    def generate(self, latents: torch.Tensor, module: nn.Module | None = None,
+                 conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """T(z_j, c_j) in memory-bounded batches without gradients.
+
+        Args:
+            latents: (m, latent_dim); conditions: (m, *cond_shape), row j for latent j.
+
+        Returns:
+            (m, *sample_shape) float32, or bfloat16 when pool_precision is "bf16".
+        """
+        conditions = self.check_conditions(conditions, latents.shape[0])
+        module = module or self.generator
+        bf16 = self.pool_precision == "bf16"
+        out = torch.empty((latents.shape[0], *self.sample_shape), device=self.device,
+                          dtype=torch.bfloat16 if bf16 else torch.float32)
+        for lo in range(0, latents.shape[0], self.pool_batch_size):
+            z = latents[lo:lo + self.pool_batch_size].to(self.device)
+            c = conditions[lo:lo + self.pool_batch_size].to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out[lo:lo + z.shape[0]] = module(z, c)
+        return out
+
+    @torch.no_grad()
+    def distances_to(self, data: torch.Tensor, latents: torch.Tensor,
+                     conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss-space distance of each target to T(z_i, c_i) (no noise, eval mode); (n,) CPU."""
+        self._prepare()
+        conditions = self.check_conditions(conditions, data.shape[0])
+        was_training = self.generator.training
+        self.generator.eval()
+        out = []
+        for lo in range(0, data.shape[0], self.pool_batch_size):
+            sl = slice(lo, lo + self.pool_batch_size)
+            y = self.generator(latents[sl].to(self.device), conditions[sl].to(self.device))
+            out.append(self.loss_distance.pair(data[sl].to(self.device, torch.float32),
+                                               y.float()).float().cpu())
+        self.generator.train(was_training)
+        return torch.cat(out) if out else torch.empty(0)
+
+    @torch.no_grad()
+    def match(self, data: torch.Tensor, seed: int = 0, pool_size: int | None = None,
+              estimate_recall: int | None = None, ids: torch.Tensor | None = None,
+              reference: torch.Tensor | None = None,
+              conditions: torch.Tensor | None = None) -> Matches:
+        """One refresh: each selected target is matched among the samples of its own condition.
+
+        Args:
+            data: (n, *sample_shape) targets; conditions: (n, *cond_shape), one per target.
+            seed: seed of the pool latents (row j*k + t is sample t of the j-th selected target).
+            pool_size: samples per condition (default ceil(pool_multiplier)).
+            ids: (n,) example ids for the rule's per-example state; default 0..n-1.
+            estimate_recall, reference: unused (the grouped search is exact).
+
+        Returns:
+            Matches; ``indices`` are positions within each condition's pool (-1: kept).
+
+        Raises:
+            DataError: RS rejected every sample of a condition whose target has no earlier
+                match to keep.
+        """
+        self.check_data_shape(data)
+        n = data.shape[0]
+        conditions = self.check_conditions(conditions, n)
+
+        def current_of(has: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+            return self.distances_to(data[has.to(data.device)], latents,
+                                     conditions[has.to(conditions.device)])
+
+        ids, current, selected, took = self._select(data, ids, current_of)
+        rule = self.matcher
+        stats: dict[str, Any] = {"current_s": took}
+        indices = torch.full((n,), -1, dtype=torch.long)
+        sel = selected.nonzero().flatten()
+        if sel.numel():
+            k = pool_size or self.per_condition
+            t1 = time.perf_counter()
+            latents = self.draw_latents(sel.numel() * k, seed)
+            c_sel = conditions[sel.to(conditions.device)]
+            was_training = self.generator.training
+            self.generator.eval()
+            samples = self.generate(latents, conditions=c_sel.repeat_interleave(k, 0))
+            self.generator.train(was_training)
+            t2 = time.perf_counter()
+            # Features once per pool and once per target batch.
+            pool_f = self.distance.features(samples).view(sel.numel(), k, -1)
+            x_sel = data[sel.to(data.device)].to(self.device, torch.float32)
+            query_f = self.distance.features(x_sel).float()
+            t3 = time.perf_counter()
+            dist = grouped_distances(query_f, pool_f, self.distance.metric)
+            keep = rule.reject_own(dist, query_f, self.distance.metric)
+            if keep is not None:
+                dist = dist.masked_fill(~keep, math.inf)
+            best, idx = dist.min(dim=1)  # lowest index among ties
+            ok = torch.isfinite(best).cpu()
+            if not bool(ok.all()):
+                stuck = ids[sel[~ok]]
+                if not bool(rule.has[stuck].all()):
+                    raise DataError(
+                        f"RS-IMLE rejected all {k} samples of {int((~ok).sum())} condition(s) "
+                        f"(e.g. example {int(stuck[0])}): each lies within epsilon of its own "
+                        f"target; lower method.options epsilon or draw more samples per "
+                        f"condition (pool_multiplier)")
+                # Targets already matched keep their latent when all new samples are rejected.
+                selected = selected.clone()
+                selected[sel[~ok]] = False
+            new_latents = latents.view(sel.numel(), k, -1)[torch.arange(sel.numel()), idx]
+            new_latents, best = new_latents[ok.to(idx.device)].cpu(), best[ok.to(best.device)]
+            fallback = None
+            if rule.needs_current:
+                kept = sel[ok]
+                fallback = self.distances_to(data[kept.to(data.device)], new_latents,
+                                             conditions[kept.to(conditions.device)])
+            rule.commit(ids, selected, new_latents, best.float().cpu(), current, fallback)
+            indices[sel[ok]] = idx[ok.to(idx.device)].cpu()
+            stats.update(pool_s=t2 - t1, features_s=t3 - t2, search_s=time.perf_counter() - t3,
+                         pool_size=sel.numel() * k, per_condition=k,
+                         rejected_frac=getattr(rule, "last_rejected", 0.0),
+                         fully_rejected_frac=float((~ok).float().mean()),
+                         search_backend="grouped-exact")
+        stats["rematched_frac"] = float(selected.float().mean())
+        return Matches(rule.latents[ids].to(self.device), indices, rule.matched_dist[ids].clone(),
+                       selected, stats)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None,
+                generator: torch.Generator | None = None,
+                conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean loss(x_i, T(z_i + noise, c_i)) over the batch (squared L2 summed over dims for
+        "l2").
+
+        Args:
+            x: (B, *sample_shape) targets; z: (B, latent_dim) matched latents;
+            conditions: (B, *cond_shape).
+        """
+        self._prepare()
+        conditions = self.check_conditions(conditions, x.shape[0])
+        if z is None or z.shape != (x.shape[0], self.latent_dim):
+            raise ShapeError(f"latents must have shape ({x.shape[0]}, {self.latent_dim}); "
+                             f"got {None if z is None else tuple(z.shape)}")
+        if self.latent_noise > 0:
+            noise = torch.randn(z.shape, generator=generator, device="cpu").to(z.device)
+            z = z + self.latent_noise * noise
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.train_precision == "bf16"):
+            out = self.generator(z, conditions.to(z.device))
+        out = out.float()
+        if out.shape != x.shape:
+            raise ShapeError(f"generator output {tuple(out.shape)} does not match targets "
+                             f"{tuple(x.shape)}")
+        return self.loss_distance.pair(x, out).mean()
+
+    @torch.no_grad()
+    def sample_conditional(self, conditions: torch.Tensor, k: int, seed: int = 0,
+                           use_ema: bool = True) -> torch.Tensor:
+        """k samples for each condition.
+
+        Args:
+            conditions: (n, *cond_shape); k: samples per condition; seed: latent seed.
+
+        Returns:
+            (n, k, *sample_shape) float32 on the method's device.
+        """
+        n = conditions.shape[0]
+        self.check_conditions(conditions, n)
+        module = self.ema if (use_ema and self.ema is not None) else self.generator
+        was_training = module.training
+        module.eval()
+        latents = self.draw_latents(n * k, seed)
+        if self.matcher.samples_at_zero:
+            latents = torch.zeros_like(latents)
+        out = self.generate(latents, module=module,
+                            conditions=conditions.repeat_interleave(k, 0)).float()
+        module.train(was_training)
+        return out.view(n, k, *self.sample_shape)
+
+    def sample(self, n: int, seed: int | None = None, use_ema: bool = True) -> torch.Tensor:
+        raise ShapeError("a conditional model samples per condition: use "
+                         "sample_conditional(conditions, k) (imle sample RUN --conditions C.npy)")
