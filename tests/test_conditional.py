@@ -196,3 +196,22 @@ def test_superres_from_the_cli_and_sampling_per_condition(tmp_path, data_dir):
                  str(out)]) == 0
     assert np.load(out).shape == (3, 5, 1, 28, 28)
     assert main(["sample", str(run), "--num", "5", "--out", str(tmp_path / "t.npy")]) == 2
+    assert main(["eval", str(run), "--num", "30", "--samples-per-condition", "5"]) == 0
+    scores = json.loads((run / "eval.json").read_text())
+    assert scores["settings"]["task"] == "superres:4"
+    assert scores["settings"]["num_conditions"] == 30
+    assert {"diversity", "best_of_k", "consistency", "label_agreement", "fid"} <= set(
+        scores["metrics"])
+
+
+def test_conditional_scores_on_known_answers():
+    from imle.metrics.conditional import conditional_scores
+
+    truth = torch.zeros(3, 1, 2, 2)
+    samples = torch.stack([torch.zeros(3, 1, 2, 2), torch.ones(3, 1, 2, 2)], 1)  # (3, 2, ...)
+    s = conditional_scores(samples, truth)
+    assert s["best_of_k"] == 0 and s["mean_error"] == pytest.approx(1.0)  # ||1||_2 over 4 px
+    assert s["diversity"] == pytest.approx(2.0)
+    c = make_task("inpaint:top", truth)[0]
+    assert conditional_scores(samples, truth, c, "inpaint:top")["consistency"] == \
+        pytest.approx(0.5 * math.sqrt(2))  # the kept half of the ones sample: 2 px off by 1

@@ -40,6 +40,9 @@ def _add_eval(sub) -> None:
                    help="samples to draw from a run (default 10000) or to use from a .npy "
                         "(default: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling, reference subset and KID seed")
+    p.add_argument("--samples-per-condition", type=int, default=10,
+                   help="conditional runs: samples drawn per test condition (--num conditions, "
+                        "default 1000)")
     p.add_argument("--data", default=None,
                    help="reference data set (required with a .npy; default: the run's)")
     p.add_argument("--data-dir", default=None, help="data folder (default: IMLE_DATA_DIR)")
@@ -167,6 +170,8 @@ def run_eval(args: argparse.Namespace) -> int:
             sigmas = [float(s) for s in args.parzen_sigmas.split(",") if s.strip()]
         except ValueError as e:
             raise ConfigError(f"--parzen-sigmas must be comma-separated numbers ({e})") from e
+    if target.is_dir() and _task_of(target):
+        return _eval_conditional(args, target)
     if args.num is not None:
         # Cheap checks before sampling; evaluate() repeats them with the feature dimension.
         check_sizes(args.num, metrics, kid_subset_size=args.kid_subset_size,
@@ -221,6 +226,61 @@ def run_eval(args: argparse.Namespace) -> int:
         written.append(Path(args.json))
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _task_of(run_dir: Path) -> str:
+    try:
+        return json.loads((run_dir / "config.json").read_text())["data"].get("task", "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""  # not a readable run: the unconditional path reports it
+
+
+def _eval_conditional(args: argparse.Namespace, run_dir: Path) -> int:
+    """``imle eval`` of a conditional run: K samples for each of the first --num test
+    conditions of the run's data set, scored by `imle.metrics.conditional`."""
+
+    from imle.data import load_dataset
+    from imle.data.tasks import make_task
+    from imle.fileio import atomic_write_text
+    from imle.metrics import load_feature_extractor
+    from imle.metrics.conditional import conditional_scores
+    from imle.metrics.evaluate import DEFAULT_EXTRACTOR
+    from imle.runs import load_method
+
+    t0 = time.perf_counter()
+    method, config = load_method(run_dir, device=args.device)
+    task, name = config.data.task, args.data or config.data.name
+    if task == "pairs":
+        raise ConfigError(f"{run_dir} trains on given pairs (task 'pairs'): score its samples "
+                          f"with imle.metrics.conditional.conditional_scores on your own "
+                          f"held-out pairs")
+    test = load_dataset(name, "test", args.data_dir or config.data.data_dir)
+    n = min(args.num or 1000, test.x.shape[0])
+    k = args.samples_per_condition
+    if k < 1:
+        raise ConfigError(f"--samples-per-condition must be >= 1, got {k}")
+    truth, labels = test.x[:n], None if test.labels is None else test.labels[:n]
+    num_classes = method.cond_shape[0] if task == "class" else None
+    cond, _ = make_task(task, truth, labels, num_classes=num_classes)
+    method.pool_batch_size = args.batch_size
+    samples = method.sample_conditional(cond.to(method.device), k, seed=args.seed).cpu()
+    ext_name = args.extractor or DEFAULT_EXTRACTOR.get(name)
+    extractor = load_feature_extractor(ext_name, args.device) if ext_name else None
+    scores = conditional_scores(samples.clamp(0, 1), truth, cond, task, extractor,
+                                reference=test.x, labels=labels)
+    result = {"metrics": scores, "settings": {
+        "run": str(run_dir), "task": task, "data": name, "split": "test",
+        "num_conditions": n, "samples_per_condition": k, "seed": args.seed,
+        "extractor": ext_name, "seconds": round(time.perf_counter() - t0, 3)}}
+    width = max(len(key) for key in scores)
+    print("\n".join(f"{key:<{width}}  {value:.6g}" for key, value in scores.items()))
+    text = json.dumps(_json_safe(result), indent=2) + "\n"
+    atomic_write_text(run_dir / "eval.json", text)
+    print(f"wrote {run_dir / 'eval.json'}")
+    if args.json:
+        atomic_write_text(Path(args.json), text)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -286,10 +286,10 @@ class TrainConfig(_Typed):
              f"data.task={task!r} is unknown; use superres:F, inpaint:top|bottom|left|right, "
              f"class or pairs (or leave it empty)")
         nets = CONDITIONAL_GENERATORS if task else GENERATORS
+        kind = (f"a conditional generator (data.task is {task!r})" if task else
+                "an unconditional generator (data.task is empty)")
         need(self.model.type in nets,
-             f"model.type={self.model.type!r} is not a{' conditional' if task else 'n'} "
-             f"generator{' (data.task is ' + repr(task) + ')' if task else ''}; choose one of "
-             f"{sorted(nets)}")
+             f"model.type={self.model.type!r} is not {kind}; choose one of {sorted(nets)}")
         need(self.model.latent_dim >= 1, "model.latent_dim must be >= 1")
         need(self.model.width is None or self.model.width >= 1, "model.width must be >= 1")
         need(m.subset_size is None or m.subset_size >= 1,
