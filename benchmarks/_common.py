@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures as cf
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,30 @@ def train_cli(config: imle.TrainConfig, run: Path, cpu_minutes: float) -> dict[s
     return {"run": str(run), **summary}
 
 
+def budget_parser(doc: str, cpu_minutes: float, **extra: Any) -> argparse.ArgumentParser:
+    """The flags every CLI-training benchmark takes: --cpu-minutes, --jobs, --out, --data-dir
+    (``extra``: name -> (type, default, help) of further flags)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--cpu-minutes", type=float, default=cpu_minutes)
+    ap.add_argument("--jobs", type=int, default=2, help="models trained side by side")
+    for name, (tp, default, help_) in extra.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=tp, default=default, help=help_)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data-dir", default=os.environ.get("IMLE_DATA_DIR"))
+    return ap
+
+
+def train_all(runs: dict[str, imle.TrainConfig], out: Path, cpu_minutes: float,
+              jobs: int) -> tuple[list[dict[str, Any]], float]:
+    """Trains every config into OUT/<name> with `train_cli`, ``jobs`` at a time; returns the
+    summaries and the wall seconds."""
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(jobs) as pool:
+        trained = list(pool.map(lambda kv: train_cli(kv[1], out / kv[0], cpu_minutes),
+                                runs.items()))
+    return trained, time.perf_counter() - t0
+
+
 def read_log(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
@@ -46,8 +74,15 @@ def markdown_table(title: str, labels: list[str], keys: list[str],
     return "\n".join(lines)
 
 
-def write_results(out: Path, table: str, payload: dict[str, Any]) -> None:
-    """Prints the table and writes OUT/results.md and OUT/results.json."""
+def write_results(out: Path, table: str, payload: dict[str, Any],
+                  runs: dict[str, imle.TrainConfig] | None = None) -> None:
+    """Prints the table and writes OUT/results.md and OUT/results.json (the payload with the
+    command line, the torch version and, given ``runs``, every run's config)."""
+    import torch
+
+    payload = {**payload, "argv": sys.argv, "torch": torch.__version__}
+    if runs is not None:
+        payload["configs"] = {k: v.to_dict() for k, v in runs.items()}
     print("\n" + table)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -24,16 +24,12 @@ regression, 8 IMLE samples), OUT/results.json and OUT/results.md.
 
 from __future__ import annotations
 
-import argparse
-import concurrent.futures as cf
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import markdown_table, read_log, train_cli, write_results
+from _common import budget_parser, markdown_table, read_log, train_all, write_results
 
 import imle
 from imle.config import replace
@@ -70,21 +66,12 @@ def picture(cond: torch.Tensor, truth: torch.Tensor, reg: torch.Tensor, ours: to
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cpu-minutes", type=float, default=4.0)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--per-condition", type=int, default=10, help="IMLE samples per condition")
-    ap.add_argument("--num-conditions", type=int, default=1000)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--data-dir", default=os.environ.get("IMLE_DATA_DIR"))
-    a = ap.parse_args()
+    a = budget_parser(__doc__, 4.0,
+                      per_condition=(int, 10, "IMLE samples per condition"),
+                      num_conditions=(int, 1000, "test conditions scored")).parse_args()
     torch.set_num_threads(2)
     runs = configs(a.data_dir, a.per_condition)
-    t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(a.jobs) as pool:
-        trained = list(pool.map(lambda kv: train_cli(kv[1], a.out / kv[0], a.cpu_minutes),
-                                runs.items()))
-    train_wall = time.perf_counter() - t0
+    trained, train_wall = train_all(runs, a.out, a.cpu_minutes, a.jobs)
 
     test = load_dataset("mnist", "test", a.data_dir)
     truth, labels = test.x[:a.num_conditions], test.labels[:a.num_conditions]
@@ -112,9 +99,8 @@ def main() -> int:
              "img2img width 16, latent 8; distances Euclidean on [0, 1] pixels; FID and labels "
              "in mnist-cnn features")
     table = markdown_table(title, ["task", "model"], keys, rows)
-    write_results(a.out, table, {"rows": rows, "trained": trained, "train_wall_s": train_wall,
-                                 "argv": sys.argv, "torch": torch.__version__,
-                                 "configs": {k: v.to_dict() for k, v in runs.items()}})
+    write_results(a.out, table, {"rows": rows, "trained": trained, "train_wall_s": train_wall},
+                  runs=runs)
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Rival methods trained here for the benchmarks (same budgets, same data)."""

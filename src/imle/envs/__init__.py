@@ -1,0 +1,1 @@
+"""Small simulated tasks built in the project (no simulator download)."""
