@@ -274,7 +274,8 @@ class ImageToImage(nn.Module):
     Encoder: conv (w) -> stride-2 conv (2w, H/2) -> stride-2 conv (4w, H/4). The latent enters
     at the bottleneck as 16 noise channels (a linear map of z) and by FiLM (per-channel scale
     and shift from z), so every resolution of the decoder sees it. Decoder: nearest upsample +
-    conv with skip connections back to (C, H, W), sigmoid output. H and W must be multiples of 4.
+    conv with skip connections back to (C, H, W), plus a 1x1 convolution of the resized
+    condition added to the output logits, sigmoid output. H and W must be multiples of 4.
     """
 
     def __init__(self, latent_dim: int, sample_shape: tuple[int, ...],
@@ -302,7 +303,14 @@ class ImageToImage(nn.Module):
         self.up1 = nn.Sequential(nn.Upsample(scale_factor=2),
                                  nn.Conv2d(2 * w, w, 3, padding=1), act)
         self.dec1 = nn.Sequential(nn.Conv2d(2 * w, w, 3, padding=1), act,
-                                  nn.Conv2d(w, c_out, 3, padding=1), nn.Sigmoid())
+                                  nn.Conv2d(w, c_out, 3, padding=1))
+        # A 1x1 path from the resized condition to the output logits: the deep path starts
+        # with tiny activations, and without this the sigmoid learns a constant and saturates.
+        self.skip = nn.Conv2d(cond_shape[0], c_out, 1)
+        if cond_shape[0] == c_out:  # start as logit 4c - 2, the resized condition itself
+            nn.init.constant_(self.skip.bias, -2.0)
+            with torch.no_grad():
+                self.skip.weight.copy_(4.0 * torch.eye(c_out)[:, :, None, None])
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         c = c.to(z.dtype) if c.is_floating_point() else c.float()
@@ -316,7 +324,7 @@ class ImageToImage(nn.Module):
         zmap = self.z_map(z).view(z.shape[0], 16, *self.bottleneck)
         h = self.mid(torch.cat([e3, zmap], 1))
         h = self.dec2(torch.cat([self.up2(h), e2], 1))
-        return self.dec1(torch.cat([self.up1(h), e1], 1))
+        return torch.sigmoid(self.dec1(torch.cat([self.up1(h), e1], 1)) + self.skip(c))
 
 
 @register_conditional_generator("img2img")
