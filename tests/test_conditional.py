@@ -215,3 +215,21 @@ def test_conditional_scores_on_known_answers():
     c = make_task("inpaint:top", truth)[0]
     assert conditional_scores(samples, truth, c, "inpaint:top")["consistency"] == \
         pytest.approx(0.5 * math.sqrt(2))  # the kept half of the ones sample: 2 px off by 1
+
+
+@pytest.mark.parametrize("task, model", [("superres:4", "img2img"), ("class", "cond-dcgan28")])
+def test_image_tasks_resume_exactly(tmp_path, data_dir, task, model):
+    cfg = replace(imle.TrainConfig(), **{
+        "data.limit": 150, "data.task": task, "model.type": model, "model.width": 8,
+        "model.latent_dim": 4, "method.subset_size": 64, "method.pool_multiplier": 4.0,
+        "method.refresh_epochs": 1.0, "method.recall_sample": 0, "budget_type": "steps",
+        "budget": 8, "progress": "none", "sample_every_outer": 0, "threads": 1,
+        "checkpoint_every_minutes": 60})
+    imle.Trainer(cfg, tmp_path / "full").train()
+    imle.Trainer(cfg, tmp_path / "part").train(until_step=3)
+    imle.Trainer.resume(tmp_path / "part").train()
+
+    def losses(run):
+        return [json.loads(s)["loss"] for s in (run / "log.jsonl").read_text().splitlines()]
+
+    assert losses(tmp_path / "full") == losses(tmp_path / "part")
