@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from imle.errors import DataError, ShapeError
-from imle.knn.grouped import grouped_distances
+from imle.knn.grouped import grouped_distances, nearest_kept
 from imle.method import IMLE, Matches
 
 
@@ -74,45 +74,18 @@ class ConditionalIMLE(IMLE):
                              f"{tuple(conditions.shape)}")
         return conditions
 
-    @torch.no_grad()
     def generate(self, latents: torch.Tensor, module: nn.Module | None = None,
                  conditions: torch.Tensor | None = None) -> torch.Tensor:
-        """T(z_j, c_j) in memory-bounded batches without gradients.
+        """T(z_j, c_j) in memory-bounded batches without gradients (see `IMLE.generate`);
+        ``conditions`` (m, *cond_shape) are required."""
+        return super().generate(latents, module,
+                                self.check_conditions(conditions, latents.shape[0]))
 
-        Args:
-            latents: (m, latent_dim); conditions: (m, *cond_shape), row j for latent j.
-
-        Returns:
-            (m, *sample_shape) float32, or bfloat16 when pool_precision is "bf16".
-        """
-        conditions = self.check_conditions(conditions, latents.shape[0])
-        module = module or self.generator
-        bf16 = self.pool_precision == "bf16"
-        out = torch.empty((latents.shape[0], *self.sample_shape), device=self.device,
-                          dtype=torch.bfloat16 if bf16 else torch.float32)
-        for lo in range(0, latents.shape[0], self.pool_batch_size):
-            z = latents[lo:lo + self.pool_batch_size].to(self.device)
-            c = conditions[lo:lo + self.pool_batch_size].to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                out[lo:lo + z.shape[0]] = module(z, c)
-        return out
-
-    @torch.no_grad()
     def distances_to(self, data: torch.Tensor, latents: torch.Tensor,
                      conditions: torch.Tensor | None = None) -> torch.Tensor:
         """Loss-space distance of each target to T(z_i, c_i) (no noise, eval mode); (n,) CPU."""
-        self._prepare()
-        conditions = self.check_conditions(conditions, data.shape[0])
-        was_training = self.generator.training
-        self.generator.eval()
-        out = []
-        for lo in range(0, data.shape[0], self.pool_batch_size):
-            sl = slice(lo, lo + self.pool_batch_size)
-            y = self.generator(latents[sl].to(self.device), conditions[sl].to(self.device))
-            out.append(self.loss_distance.pair(data[sl].to(self.device, torch.float32),
-                                               y.float()).float().cpu())
-        self.generator.train(was_training)
-        return torch.cat(out) if out else torch.empty(0)
+        return super().distances_to(data, latents,
+                                    self.check_conditions(conditions, data.shape[0]))
 
     @torch.no_grad()
     def match(self, data: torch.Tensor, seed: int = 0, pool_size: int | None = None,
@@ -151,24 +124,20 @@ class ConditionalIMLE(IMLE):
         if sel.numel():
             k = pool_size or self.per_condition
             t1 = time.perf_counter()
-            latents = self.draw_latents(sel.numel() * k, seed)
             c_sel = conditions[sel.to(conditions.device)]
-            was_training = self.generator.training
-            self.generator.eval()
-            samples = self.generate(latents, conditions=c_sel.repeat_interleave(k, 0))
-            self.generator.train(was_training)
+            pool = self.generate_pool(sel.numel() * k, seed,
+                                      conditions=c_sel.repeat_interleave(k, 0))
+            latents = pool.latents
             t2 = time.perf_counter()
             # Features once per pool and once per target batch.
-            pool_f = self.distance.features(samples).view(sel.numel(), k, -1)
+            pool_f = self.distance.features(pool.samples.view(-1, *self.sample_shape))
+            pool_f = pool_f.view(sel.numel(), k, -1)
             x_sel = data[sel.to(data.device)].to(self.device, torch.float32)
             query_f = self.distance.features(x_sel).float()
             t3 = time.perf_counter()
             dist = grouped_distances(query_f, pool_f, self.distance.metric)
-            keep = rule.reject_own(dist, query_f, self.distance.metric)
-            if keep is not None:
-                dist = dist.masked_fill(~keep, math.inf)
-            best, idx = dist.min(dim=1)  # lowest index among ties
-            ok = torch.isfinite(best).cpu()
+            best, idx = nearest_kept(dist, rule.reject_own(dist, query_f, self.distance.metric))
+            ok = (idx >= 0).cpu()
             if not bool(ok.all()):
                 stuck = ids[sel[~ok]]
                 if not bool(rule.has[stuck].all()):
@@ -180,7 +149,8 @@ class ConditionalIMLE(IMLE):
                 # Targets already matched keep their latent when all new samples are rejected.
                 selected = selected.clone()
                 selected[sel[~ok]] = False
-            new_latents = latents.view(sel.numel(), k, -1)[torch.arange(sel.numel()), idx]
+            new_latents = latents.view(sel.numel(), k, -1)[torch.arange(sel.numel()),
+                                                           idx.clamp_min(0)]
             new_latents, best = new_latents[ok.to(idx.device)].cpu(), best[ok.to(best.device)]
             fallback = None
             if rule.needs_current:
@@ -201,29 +171,11 @@ class ConditionalIMLE(IMLE):
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
                 conditions: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean loss(x_i, T(z_i + noise, c_i)) over the batch (squared L2 summed over dims for
-        "l2").
-
-        Args:
-            x: (B, *sample_shape) targets; z: (B, latent_dim) matched latents;
-            conditions: (B, *cond_shape).
-        """
-        self._prepare()
-        conditions = self.check_conditions(conditions, x.shape[0])
-        if z is None or z.shape != (x.shape[0], self.latent_dim):
-            raise ShapeError(f"latents must have shape ({x.shape[0]}, {self.latent_dim}); "
-                             f"got {None if z is None else tuple(z.shape)}")
-        if self.latent_noise > 0:
-            noise = torch.randn(z.shape, generator=generator, device="cpu").to(z.device)
-            z = z + self.latent_noise * noise
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.train_precision == "bf16"):
-            out = self.generator(z, conditions.to(z.device))
-        out = out.float()
-        if out.shape != x.shape:
-            raise ShapeError(f"generator output {tuple(out.shape)} does not match targets "
-                             f"{tuple(x.shape)}")
-        return self.loss_distance.pair(x, out).mean()
+        """Mean loss(x_i, T(z_i + noise, c_i)) over the batch (see `IMLE.forward`); ``z`` (B,
+        latent_dim) and ``conditions`` (B, *cond_shape) are required."""
+        if z is None:
+            raise ShapeError("a conditional model trains on matched latents: pass z")
+        return super().forward(x, z, generator, self.check_conditions(conditions, x.shape[0]))
 
     @torch.no_grad()
     def sample_conditional(self, conditions: torch.Tensor, k: int, seed: int = 0,
@@ -238,15 +190,7 @@ class ConditionalIMLE(IMLE):
         """
         n = conditions.shape[0]
         self.check_conditions(conditions, n)
-        module = self.ema if (use_ema and self.ema is not None) else self.generator
-        was_training = module.training
-        module.eval()
-        latents = self.draw_latents(n * k, seed)
-        if self.matcher.samples_at_zero:
-            latents = torch.zeros_like(latents)
-        out = self.generate(latents, module=module,
-                            conditions=conditions.repeat_interleave(k, 0)).float()
-        module.train(was_training)
+        out = self._sample(n * k, seed, use_ema, conditions.repeat_interleave(k, 0))
         return out.view(n, k, *self.sample_shape)
 
     def sample(self, n: int, seed: int | None = None, use_ema: bool = True) -> torch.Tensor:

@@ -214,13 +214,20 @@ class IMLE(nn.Module):
         z = torch.cat(parts)[start - first * LATENT_CHUNK:][:num]
         return z.to(self.device)
 
+    @staticmethod
+    def _run(module: nn.Module, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """module(z), or module(z, c) for a conditional generator."""
+        return module(z) if c is None else module(z, c.to(z.device))
+
     @torch.no_grad()
-    def generate(self, latents: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
+    def generate(self, latents: torch.Tensor, module: nn.Module | None = None,
+                 conditions: torch.Tensor | None = None) -> torch.Tensor:
         """Runs the generator in memory-bounded batches without gradients.
 
         Args:
             latents: (m, latent_dim).
             module: network to run (default: the trained generator).
+            conditions: (m, *cond_shape), row j for latent j (conditional generators only).
 
         Returns:
             (m, *sample_shape) float32, or bfloat16 when pool_precision is "bf16".
@@ -229,9 +236,10 @@ class IMLE(nn.Module):
         bf16 = self.pool_precision == "bf16"
         out = None
         for lo in range(0, latents.shape[0], self.pool_batch_size):
-            z = latents[lo:lo + self.pool_batch_size]
+            z = latents[lo:lo + self.pool_batch_size].to(self.device)
+            c = None if conditions is None else conditions[lo:lo + self.pool_batch_size]
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                y = module(z)
+                y = self._run(module, z, c)
             if out is None:
                 out = torch.empty((latents.shape[0], *y.shape[1:]), device=y.device,
                                   dtype=torch.bfloat16 if bf16 else torch.float32)
@@ -240,12 +248,14 @@ class IMLE(nn.Module):
             return torch.empty((0, *self.sample_shape), device=self.device)
         return out
 
-    def generate_pool(self, num: int, seed: int, start: int = 0) -> Pool:
-        """Draws pool rows [start, start + num): latents and flattened samples (m, D)."""
+    def generate_pool(self, num: int, seed: int, start: int = 0,
+                      conditions: torch.Tensor | None = None) -> Pool:
+        """Draws pool rows [start, start + num): latents and flattened samples (m, D)
+        (``conditions``: one row per pool row, for conditional generators)."""
         latents = self.draw_latents(num, seed, start)
         was_training = self.generator.training
         self.generator.eval()
-        samples = self.generate(latents)
+        samples = self.generate(latents, conditions=conditions)
         self.generator.train(was_training)
         return Pool(latents, samples.flatten(1))
 
@@ -257,11 +267,13 @@ class IMLE(nn.Module):
             self._ready = self.device
 
     @torch.no_grad()
-    def distances_to(self, data: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    def distances_to(self, data: torch.Tensor, latents: torch.Tensor,
+                     conditions: torch.Tensor | None = None) -> torch.Tensor:
         """Loss-space distance of each example to T(z) of its latent (no noise, eval mode).
 
         Args:
-            data: (n, *sample_shape); latents: (n, latent_dim).
+            data: (n, *sample_shape); latents: (n, latent_dim); conditions: (n, *cond_shape)
+                for conditional generators.
 
         Returns:
             (n,) float32 on the CPU.
@@ -271,9 +283,11 @@ class IMLE(nn.Module):
         self.generator.eval()
         out = []
         for lo in range(0, data.shape[0], self.pool_batch_size):
-            z = latents[lo:lo + self.pool_batch_size].to(self.device)
-            x = data[lo:lo + self.pool_batch_size].to(self.device, torch.float32)
-            out.append(self.loss_distance.pair(x, self.generator(z).float()).float().cpu())
+            sl = slice(lo, lo + self.pool_batch_size)
+            y = self._run(self.generator, latents[sl].to(self.device),
+                          None if conditions is None else conditions[sl])
+            x = data[sl].to(self.device, torch.float32)
+            out.append(self.loss_distance.pair(x, y.float()).float().cpu())
         self.generator.train(was_training)
         return torch.cat(out) if out else torch.empty(0)
 
@@ -386,7 +400,8 @@ class IMLE(nn.Module):
                        selected, stats)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None,
+                conditions: torch.Tensor | None = None) -> torch.Tensor:
         """IMLE loss mean_i loss(x_i, T(z_i + noise)); for the "l2" loss that is the squared L2
         summed over a sample's dims.
 
@@ -395,6 +410,7 @@ class IMLE(nn.Module):
             z: (B, latent_dim) matched latents; if None, x is matched against a fresh pool of
                 pool_multiplier * B samples first (in-batch IMLE, vanilla rule).
             generator: random stream of the latent noise (for reproducible training).
+            conditions: (B, *cond_shape) for conditional generators.
 
         Returns:
             Scalar loss with gradients w.r.t. the generator's parameters.
@@ -414,7 +430,7 @@ class IMLE(nn.Module):
             z = z + self.latent_noise * noise
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.train_precision == "bf16"):
-            out = self.generator(z)
+            out = self._run(self.generator, z, conditions)
         out = out.float()
         if out.shape != x.shape:
             raise ShapeError(
@@ -452,12 +468,18 @@ class IMLE(nn.Module):
         """
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))
+        return self._sample(n, seed, use_ema)
+
+    def _sample(self, n: int, seed: int, use_ema: bool,
+                conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """n samples in eval mode (EMA weights if asked and kept), z = 0 for rules trained
+        only there; ``conditions``: one row per sample."""
         module = self.ema if (use_ema and self.ema is not None) else self.generator
         was_training = module.training
         module.eval()
         latents = self.draw_latents(n, seed)
         if self.matcher.samples_at_zero:
             latents = torch.zeros_like(latents)
-        out = self.generate(latents, module=module).float()
+        out = self.generate(latents, module=module, conditions=conditions).float()
         module.train(was_training)
         return out

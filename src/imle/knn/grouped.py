@@ -67,7 +67,17 @@ def search_grouped(queries: torch.Tensor, pools: torch.Tensor, metric: str = "l2
         (distances (n,) float32, indices (n,) int64 into each pool); a query whose every member
         is excluded gets distance inf and index -1.
     """
-    dist = grouped_distances(queries, pools, metric, block_bytes)
+    return nearest_kept(grouped_distances(queries, pools, metric, block_bytes), keep)
+
+
+def nearest_kept(dist: torch.Tensor, keep: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise minimum of (n, m) distances over the members ``keep`` (n, m) allows.
+
+    Returns:
+        (distances (n,), indices (n,) int64; lowest index among ties, -1 and inf where no
+        member is allowed).
+    """
     if keep is not None:
         if keep.shape != dist.shape:
             raise ShapeError(f"keep must have shape {tuple(dist.shape)}, got {tuple(keep.shape)}")
