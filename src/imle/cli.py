@@ -160,6 +160,7 @@ def _config_from_args(args: argparse.Namespace, table: list) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from imle import dist
     from imle.trainer import Trainer
 
     if args.resume:
@@ -175,7 +176,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                               f"--cpu-minutes/--epochs/--steps/--outer, may be given with it)")
         (budget_type, budget), = overrides.items() if overrides else ((None, None),)
         trainer = Trainer.resume(args.resume, budget=budget, budget_type=budget_type)
-        print(f"resuming {args.resume} at step {trainer.step}", file=sys.stderr)
+        if trainer.main:
+            print(f"resuming {args.resume} at step {trainer.step}", file=sys.stderr)
     else:
         config = _config_from_args(args, args.table)
         run_dir = args.run_dir
@@ -185,7 +187,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             run_dir = (args.out or Path("runs")) / name
         trainer = Trainer(config, run_dir)
         trainer.open()  # lock the folder and refuse one holding a run before loading more
-    summary = trainer.train()
+    try:
+        summary = trainer.train()
+    finally:
+        dist.shutdown()
+    if not trainer.main:  # rank 0 reports for a distributed run
+        return 130 if summary["status"] == "interrupted" else 0
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=2))
     if summary["status"] == "interrupted":
         print(f"interrupted by {summary['signal']}; checkpoint saved. Resume with:\n"

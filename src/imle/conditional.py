@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from imle import dist
 from imle.errors import DataError, ShapeError
-from imle.knn.grouped import grouped_distances, nearest_kept
+from imle.knn.grouped import nearest_kept, paired_distances
 from imle.method import IMLE, Matches
 
 
@@ -123,20 +124,29 @@ class ConditionalIMLE(IMLE):
         sel = selected.nonzero().flatten()
         if sel.numel():
             k = pool_size or self.per_condition
+            total = sel.numel() * k
+            # This process's rows of the flat pool (row j*k + t: sample t of target j).
+            lo, hi = dist.block_range(total, self.pool_batch_size)
             t1 = time.perf_counter()
+            owner = torch.arange(lo, hi, device=self.device) // k
             c_sel = conditions[sel.to(conditions.device)]
-            pool = self.generate_pool(sel.numel() * k, seed,
-                                      conditions=c_sel.repeat_interleave(k, 0))
-            latents = pool.latents
+            pool = self.generate_pool(hi - lo, seed, start=lo,
+                                      conditions=c_sel[owner.to(c_sel.device)])
             t2 = time.perf_counter()
             # Features once per pool and once per target batch.
-            pool_f = self.distance.features(pool.samples.view(-1, *self.sample_shape))
-            pool_f = pool_f.view(sel.numel(), k, -1)
             x_sel = data[sel.to(data.device)].to(self.device, torch.float32)
             query_f = self.distance.features(x_sel).float()
+            flat = torch.zeros(total, device=self.device)
+            if hi > lo:
+                pool_f = self.distance.features(pool.samples.view(-1, *self.sample_shape))
+                flat[lo:hi] = paired_distances(query_f, pool_f.flatten(1), owner,
+                                               self.distance.metric)
             t3 = time.perf_counter()
-            dist = grouped_distances(query_f, pool_f, self.distance.metric)
-            best, idx = nearest_kept(dist, rule.reject_own(dist, query_f, self.distance.metric))
+            # Exact: each entry comes from one process, zeros from the others.
+            dist.all_reduce(flat, "sum", "the conditional pool's distances")
+            best, idx = nearest_kept(flat.view(sel.numel(), k),
+                                     rule.reject_own(flat.view(sel.numel(), k), query_f,
+                                                     self.distance.metric))
             ok = (idx >= 0).cpu()
             if not bool(ok.all()):
                 stuck = ids[sel[~ok]]
@@ -149,9 +159,12 @@ class ConditionalIMLE(IMLE):
                 # Targets already matched keep their latent when all new samples are rejected.
                 selected = selected.clone()
                 selected[sel[~ok]] = False
-            new_latents = latents.view(sel.numel(), k, -1)[torch.arange(sel.numel()),
-                                                           idx.clamp_min(0)]
-            new_latents, best = new_latents[ok.to(idx.device)].cpu(), best[ok.to(best.device)]
+            chosen = torch.arange(sel.numel(), device=idx.device) * k + idx.clamp_min(0)
+            mine = (chosen >= lo) & (chosen < hi)
+            found = torch.zeros(sel.numel(), self.latent_dim, device=self.device)
+            found[mine] = pool.latents[chosen[mine] - lo].float()
+            found = dist.all_reduce(found, "sum", "the conditional matches' latents")
+            new_latents, best = found[ok.to(idx.device)].cpu(), best[ok.to(best.device)]
             fallback = None
             if rule.needs_current:
                 kept = sel[ok]
@@ -170,12 +183,14 @@ class ConditionalIMLE(IMLE):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
-                conditions: torch.Tensor | None = None) -> torch.Tensor:
+                conditions: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                module: nn.Module | None = None) -> torch.Tensor:
         """Mean loss(x_i, T(z_i + noise, c_i)) over the batch (see `IMLE.forward`); ``z`` (B,
         latent_dim) and ``conditions`` (B, *cond_shape) are required."""
         if z is None:
             raise ShapeError("a conditional model trains on matched latents: pass z")
-        return super().forward(x, z, generator, self.check_conditions(conditions, x.shape[0]))
+        return super().forward(x, z, generator, self.check_conditions(conditions, x.shape[0]),
+                               noise=noise, module=module)
 
     @torch.no_grad()
     def sample_conditional(self, conditions: torch.Tensor, k: int, seed: int = 0,

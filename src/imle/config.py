@@ -21,8 +21,10 @@ from imle.errors import ConfigError
 
 #: Fields a resumed run may change (``imle train --resume`` flags or an edited config.json):
 #: how long it runs and where, never what it computes.
-RESUME_MAY_CHANGE = frozenset({"budget", "budget_type", "device", "threads", "progress",
+RESUME_MAY_CHANGE = frozenset({"budget", "budget_type", "device", "threads", "compile",
+                               "progress",
                                "checkpoint_every_minutes", "keep_checkpoints", "data.data_dir"})
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 
 
@@ -237,6 +239,8 @@ class TrainConfig(_Typed):
         seed: seeds every random stream (latents, subsets, shuffling, noise, init).
         device: "cpu", "cuda", "cuda:N" or "auto".
         threads: torch intra-op threads on CPU (0: torch's default).
+        compile: "none", or a `torch.compile` mode ("default", "reduce-overhead" = CUDA
+            graphs, "max-autotune") for the generator's training forward and backward.
         log_every_outer: write a log line every this many outer iterations.
         sample_every_outer: write a PNG sample grid every this many outer iterations (0: never).
         checkpoint_every_minutes: periodic checkpoint interval (also written at the end and on
@@ -256,6 +260,7 @@ class TrainConfig(_Typed):
     seed: int = 0
     device: str = "cpu"
     threads: int = 0
+    compile: str = "none"
     log_every_outer: int = 1
     sample_every_outer: int = 10
     checkpoint_every_minutes: float = 5.0
@@ -341,6 +346,8 @@ class TrainConfig(_Typed):
         need(bool(DEVICE_PATTERN.match(self.device)),
              f"device={self.device!r} is unknown; use cpu, cuda, cuda:N, mps or auto")
         need(self.threads >= 0, f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        need(self.compile in COMPILE_MODES,
+             f"compile={self.compile!r}; choose one of {', '.join(COMPILE_MODES)}")
         need(all(math.isfinite(t) and t > 0 for t in self.snapshot_minutes),
              f"snapshot_minutes must be positive numbers, got {list(self.snapshot_minutes)}")
         need(self.progress in ("tqdm", "none"), "progress must be 'tqdm' or 'none'")

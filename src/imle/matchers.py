@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from imle import dist
 from imle.distances import check_options
 from imle.errors import ConfigError, DataError
 
@@ -318,14 +319,21 @@ class RSMatcher(Matcher):
         if eps <= 0:
             self.last_rejected = 0.0
             return None
-        # Exact: each pool row's nearest anchor, the pool as queries.
-        d, _ = search(pool_features, anchors)
         limit = eps * eps if metric == "l2" else eps
-        keep = d >= limit
-        self.last_rejected = 1.0 - float(keep.float().mean())
-        if not bool(keep.any()):
+        if pool_features.shape[0]:
+            # Exact: each pool row's nearest anchor, the pool as queries.
+            d, _ = search(pool_features, anchors)
+            keep = d >= limit
+        else:  # a process of a distributed run that holds no pool rows
+            keep = torch.zeros(0, dtype=torch.bool, device=pool_features.device)
+        # Counted over the whole pool when its rows are spread over processes.
+        counts = dist.all_reduce(torch.tensor([float(keep.sum()), float(keep.numel())],
+                                              device=keep.device), "sum", "RS rejection")
+        kept, total = float(counts[0]), float(counts[1])
+        self.last_rejected = 1.0 - kept / total
+        if kept == 0:
             raise DataError(
-                f"RS-IMLE rejected all {keep.numel()} pool samples: every one lies within "
+                f"RS-IMLE rejected all {int(total)} pool samples: every one lies within "
                 f"epsilon={eps:.4g} of an example; lower method.options epsilon (or "
                 f"epsilon_nn_frac) or draw a larger pool")
         if self.last_rejected > 0.9:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imle import dist
 from imle.distances import Distance, build_distance
 from imle.errors import ConfigError, ShapeError
 from imle.knn import Searcher
@@ -232,7 +233,7 @@ class IMLE(nn.Module):
         Returns:
             (m, *sample_shape) float32, or bfloat16 when pool_precision is "bf16".
         """
-        module = module or self.generator
+        module = self.generator if module is None else module
         bf16 = self.pool_precision == "bf16"
         out = None
         for lo in range(0, latents.shape[0], self.pool_batch_size):
@@ -361,13 +362,16 @@ class IMLE(nn.Module):
         indices = torch.full((n,), -1, dtype=torch.long)
         if sel.numel():
             m = pool_size or max(1, math.ceil(self.pool_multiplier * n))
+            # This process's rows of the pool (all of it in a single-process run).
+            lo, hi = dist.block_range(m, self.pool_batch_size)
             t1 = time.perf_counter()
-            pool = self.generate_pool(m, seed)
+            pool = self.generate_pool(hi - lo, seed, start=lo)
             t2 = time.perf_counter()
             # Features once per pool and once per data batch, never per query block.
-            pool_f = self.distance.features(pool.samples.view(m, *self.sample_shape))
             x_sel = data[sel.to(data.device)].to(self.device, torch.float32)
             query_f = self.distance.features(x_sel)
+            pool_f = (self.distance.features(pool.samples.view(hi - lo, *self.sample_shape))
+                      if hi > lo else query_f[:0])
             t3 = time.perf_counter()
             if rule.options.get("reject_against") == "all":
                 if reference is None:
@@ -380,28 +384,38 @@ class IMLE(nn.Module):
             t4 = time.perf_counter()
             candidates = None if keep is None else keep.nonzero().flatten()
             searched = pool_f if candidates is None else pool_f[candidates]
-            result = self.searcher.search(query_f, searched, k=1, estimate_recall=estimate_recall)
-            idx = result.indices[:, 0]
-            if candidates is not None:
-                idx = candidates[idx]
-            new_latents = pool.latents[idx].cpu()
+            result_stats: dict[str, Any] = {}
+            if searched.shape[0]:
+                result = self.searcher.search(query_f, searched, k=1,
+                                              estimate_recall=estimate_recall)
+                result_stats = result.stats
+                best, idx = result.distances[:, 0].float(), result.indices[:, 0]
+                if candidates is not None:
+                    idx = candidates[idx]
+                found = pool.latents[idx]
+            else:  # no candidate rows on this process: another one holds every match
+                best = torch.full((sel.numel(),), math.inf, device=self.device)
+                idx = torch.zeros(sel.numel(), dtype=torch.long, device=self.device)
+                found = torch.zeros(sel.numel(), self.latent_dim, device=self.device)
+            best, idx, found = dist.global_nearest(best, idx + lo, found)
+            new_latents = found.cpu()
             fallback = None
             if rule.needs_current:
                 fallback = self.distances_to(x_sel, new_latents)
-            rule.commit(ids, selected, new_latents, result.distances[:, 0].float().cpu(),
-                        current, fallback)
+            rule.commit(ids, selected, new_latents, best.cpu(), current, fallback)
             indices[sel] = idx.cpu()
             stats.update(pool_s=t2 - t1, features_s=t3 - t2, reject_s=t4 - t3,
                          search_s=time.perf_counter() - t4, pool_size=m,
                          rejected_frac=getattr(rule, "last_rejected", 0.0),
-                         search_backend=result.stats.get("backend"))
-            stats.update({k: v for k, v in result.stats.items() if isinstance(v, (int, float))})
+                         search_backend=result_stats.get("backend"))
+            stats.update({k: v for k, v in result_stats.items() if isinstance(v, (int, float))})
         return Matches(rule.latents[ids].to(self.device), indices, rule.matched_dist[ids].clone(),
                        selected, stats)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
-                conditions: torch.Tensor | None = None) -> torch.Tensor:
+                conditions: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                module: nn.Module | None = None) -> torch.Tensor:
         """IMLE loss mean_i loss(x_i, T(z_i + noise)); for the "l2" loss that is the squared L2
         summed over a sample's dims.
 
@@ -411,6 +425,11 @@ class IMLE(nn.Module):
                 pool_multiplier * B samples first (in-batch IMLE, vanilla rule).
             generator: random stream of the latent noise (for reproducible training).
             conditions: (B, *cond_shape) for conditional generators.
+            noise: (B, latent_dim) standard normal draws to scale by latent_noise, instead of
+                drawing them from ``generator`` (a distributed trainer draws the whole batch's
+                and passes each process its rows).
+            module: the network to run, e.g. a DistributedDataParallel wrapper of the
+                generator (default: the generator).
 
         Returns:
             Scalar loss with gradients w.r.t. the generator's parameters.
@@ -426,11 +445,15 @@ class IMLE(nn.Module):
                 f"got {tuple(z.shape)}"
             )
         if self.latent_noise > 0:
-            noise = torch.randn(z.shape, generator=generator, device="cpu").to(z.device)
-            z = z + self.latent_noise * noise
+            if noise is None:
+                noise = torch.randn(z.shape, generator=generator, device="cpu")
+            elif noise.shape != z.shape:
+                raise ShapeError(f"noise must have the latents' shape {tuple(z.shape)}; got "
+                                 f"{tuple(noise.shape)}")
+            z = z + self.latent_noise * noise.to(z.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.train_precision == "bf16"):
-            out = self._run(self.generator, z, conditions)
+            out = self._run(self.generator if module is None else module, z, conditions)
         out = out.float()
         if out.shape != x.shape:
             raise ShapeError(

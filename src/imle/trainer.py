@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from imle import dist
 from imle._version import __version__
 from imle.checkpoint import (
     RunLock,
@@ -102,6 +103,8 @@ class LoopState:
         match_stats: the refresh's statistics (logged with the outer iteration).
         snapshots_done: snapshot marks already written.
         log_lines: records in ``log.jsonl`` (a resume cuts the log back to this many).
+        logged_outer: the outer iteration of the last record (a run that finished and is
+            extended does not log its last outer iteration twice).
     """
 
     step: int = 0
@@ -120,6 +123,25 @@ class LoopState:
     match_stats: dict = field(default_factory=dict)
     snapshots_done: list = field(default_factory=list)
     log_lines: int = 0
+    logged_outer: int = -1
+
+
+class FollowerLock:
+    """The run-folder lock of a process other than rank 0 of a distributed run: it writes
+    nothing, so it takes nothing (rank 0 holds the `RunLock`)."""
+
+    held = True
+
+    def acquire(self) -> FollowerLock:
+        return self
+
+    def release(self) -> None:
+        pass
+
+
+def run_lock(run_dir: Path) -> RunLock | FollowerLock:
+    """The lock this process takes on a run folder: rank 0 (or the only process) locks it."""
+    return RunLock(run_dir) if dist.env_rank() == 0 else FollowerLock()
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -146,6 +168,11 @@ class Trainer:
             per example of ``data``; derived from config.data when ``data`` is None.
 
     Use `Trainer.resume(run_dir)` to continue a run from its newest checkpoint.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the trainer joins the process group (`imle.dist.setup`):
+    every process generates and searches its share of each pool, takes its rows of every
+    mini-batch through DistributedDataParallel, and agrees with the others on clocks and
+    signals at every step; only rank 0 writes the run folder.
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path,
@@ -154,7 +181,8 @@ class Trainer:
                  conditions: torch.Tensor | None = None) -> None:
         self.config = config.validate()
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(config.device)
+        self.device = dist.setup(resolve_device(config.device))
+        self.main = dist.is_main()
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -178,14 +206,31 @@ class Trainer:
                                  betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
         n = self.data.shape[0]
         self.subset_size = min(config.method.subset_size or n, n)
+        world = dist.world_size()
+        if min(o.batch_size, self.subset_size) % world:
+            raise ConfigError(f"optim.batch_size {min(o.batch_size, self.subset_size)} does not "
+                              f"split evenly over {world} processes; choose a multiple of "
+                              f"{world} (the global batch is shared out across processes)")
+        # The training forward goes through DDP so gradients are averaged over processes.
+        self.train_module: torch.nn.Module = self.method.generator
+        if dist.active():
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_module = DistributedDataParallel(
+                self.method.generator,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.compile != "none":
+            # Compiles the training forward (and so its backward); pools run the plain module.
+            self.train_module = torch.compile(self.train_module, mode=config.compile)
         self.steps_per_outer = max(
             1, math.ceil(config.method.refresh_epochs * self.subset_size / o.batch_size))
         self.data_rng = torch.Generator().manual_seed(config.seed + 1)
         self.noise_rng = torch.Generator().manual_seed(config.seed + 2)
         self.state = LoopState()
         self._stop_reason: str | None = None
+        self._signal: str | None = None  # this process's last SIGINT/SIGTERM
         self._writer = None
-        self._lock = RunLock(self.run_dir)
+        self._lock = run_lock(self.run_dir)
         self._opened = False
         self._resuming = False
 
@@ -212,7 +257,7 @@ class Trainer:
             conditions: the conditions passed with ``data``, for a conditional run.
         """
         run_dir = Path(run_dir)
-        lock = RunLock(run_dir).acquire()  # before reading: a live writer may be mid-write
+        lock = run_lock(run_dir).acquire()  # before reading: a live writer may be mid-write
         try:
             config = read_config(run_dir)
             folder = find_checkpoint(run_dir / "checkpoints", weight_files(config) + ("state.pt",))
@@ -257,8 +302,12 @@ class Trainer:
                          if self.device.type == "cuda" else None),
         }
 
-    def checkpoint(self) -> Path:
-        """Writes a complete checkpoint (weights, optimiser, RNG streams, loop and rule state)."""
+    def checkpoint(self) -> Path | None:
+        """Writes a complete checkpoint (weights, optimiser, RNG streams, loop and rule state);
+        on ranks other than 0 of a distributed run (whose state is a replica) writes nothing
+        and returns None."""
+        if not self.main:
+            return None
         self.open()
         weights = {"model": self.method.generator.state_dict()}
         if self.method.ema is not None:
@@ -380,21 +429,36 @@ class Trainer:
             raise RuntimeError("call refresh() before the first sgd_step()")
         t0 = time.perf_counter()
         idx = self._next_batch()
-        rows = st.subset[idx].to(self.device)
-        z = st.matched[idx.to(self.device)]
+        # Every process draws the whole batch's noise and takes its own rows of the batch.
+        noise = None
+        if self.method.latent_noise > 0:
+            noise = torch.randn((idx.numel(), self.method.latent_dim), generator=self.noise_rng)
+        w, r = dist.world_size(), dist.rank()
+        part = slice(r * idx.numel() // w, (r + 1) * idx.numel() // w)
+        rows = st.subset[idx[part]].to(self.device)
+        z = st.matched[idx[part].to(self.device)]
         lr = self.lr_at(self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         extra = {} if self.conditions is None else {"conditions": self.conditions[rows]}
-        loss = self.method(self.data[rows], z, generator=self.noise_rng, **extra)
+        loss = self.method(self.data[rows], z, generator=self.noise_rng,
+                           noise=None if noise is None else noise[part],
+                           module=self.train_module, **extra)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            loss.backward()  # DDP all-reduces the gradients here
+        except RuntimeError as exc:
+            if dist.active():
+                raise dist.failure(exc, "the gradient all-reduce") from exc
+            raise
         if self.config.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.method.generator.parameters(),
                                            self.config.optim.grad_clip)
         self.optimizer.step()
         self.method.update_ema(st.step)
-        value = loss.item()
+        # The logged loss is the global batch's mean (equal shares: the mean of the means).
+        value = float(dist.all_reduce(loss.detach().float().reshape(1), "sum",
+                                      "the loss all-reduce")) / w
         st.step += 1
         st.inner_step += 1
         st.examples_seen += idx.numel()
@@ -416,10 +480,13 @@ class Trainer:
             # The budget can end an outer iteration before all its steps ran.
             "partial": st.inner_step < self.steps_per_outer, **st.match_stats,
         }
+        st.log_lines += 1
+        st.logged_outer = st.outer
+        if not self.main:
+            return record
         self.open()
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        st.log_lines += 1
         if self._writer is not None:
             for key, value in record.items():
                 if key not in ("outer", "step") and isinstance(value, (int, float)):
@@ -429,10 +496,11 @@ class Trainer:
     # ------------------------------------------------------------------------------ outputs
     def _end_outer(self, force: bool = False) -> dict[str, Any]:
         record = {}
-        if force or self.outer % self.config.log_every_outer == 0:
+        if self.state.logged_outer != self.outer and (
+                force or self.outer % self.config.log_every_outer == 0):
             record = self.log()
         every = self.config.sample_every_outer
-        if every and (force or self.outer % every == 0):
+        if self.main and every and (force or self.outer % every == 0):
             if self.conditions is None:
                 images = self.method.sample(64, seed=GRID_SEED)
             else:  # rows: the first 8 training conditions, 8 samples each
@@ -451,6 +519,9 @@ class Trainer:
         return None
 
     def _save_snapshot(self, mark: float) -> None:
+        self.state.snapshots_done.append(mark)
+        if not self.main:
+            return
         meta = {"step": str(self.step), "elapsed_s": f"{self.elapsed:.1f}",
                 "cpu_s": f"{self.cpu_elapsed:.1f}"}
         blobs = {"model.safetensors": weights_bytes(self.method.generator.state_dict(), meta)}
@@ -460,12 +531,13 @@ class Trainer:
         write_folder(self.run_dir / "snapshots" / f"min-{mark:g}", blobs,
                      {"kind": "snapshot", "step": self.step, "config": self.config.to_dict(),
                       "config_sha256": config_hash(self.config.to_dict())})
-        self.state.snapshots_done.append(mark)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
         def handler(signum: int, frame: Any) -> None:
-            self._stop_reason = signal.Signals(signum).name
+            self._signal = signal.Signals(signum).name
+            if not dist.active():  # across processes the stop waits for the step's agreement
+                self._stop_reason = self._signal
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -509,6 +581,9 @@ class Trainer:
         """
         if self._opened and self._lock.held:
             return
+        if not self.main:  # rank 0 alone writes the folder
+            self._opened = True
+            return
         self._lock.acquire()
         purge_step = None
         if not self._opened:
@@ -545,7 +620,7 @@ class Trainer:
         self._lock.release()
 
     def _progress_bar(self) -> Any:
-        if self.config.progress != "tqdm":
+        if self.config.progress != "tqdm" or not self.main:
             return None
         from tqdm.auto import tqdm
 
@@ -564,7 +639,7 @@ class Trainer:
             Summary with "status" ("finished", "interrupted" or "paused"), "step", "outer",
             "elapsed_s", "checkpoint" and the last log record.
         """
-        st, last_record, first_step, bar = self.state, {}, self.step, None
+        st, last_record, first_step, bar, folder = self.state, {}, self.step, None, None
         try:
             with self._signals():
                 self.open()
@@ -579,8 +654,7 @@ class Trainer:
                             last_record = self._end_outer()
                         self.refresh()
                     loss = self.sgd_step()
-                    st.elapsed += time.perf_counter() - t0
-                    st.cpu_elapsed += time.process_time() - c0
+                    self._advance_clocks(time.perf_counter() - t0, time.process_time() - c0)
                     mark = self._snapshot_due()
                     if mark is not None:
                         self._save_snapshot(mark)
@@ -596,6 +670,8 @@ class Trainer:
                 if st.matched is not None and finished and stepped and self._stop_reason is None:
                     last_record = self._end_outer(force=True)
                 folder = self.checkpoint()
+        except dist.RankFailure as exc:
+            raise self._rank_failure(exc) from exc
         finally:
             if bar is not None:
                 bar.close()
@@ -603,5 +679,34 @@ class Trainer:
         status = ("interrupted" if self._stop_reason else
                   "finished" if self.progress() >= 1.0 else "paused")
         return {"status": status, "signal": self._stop_reason, "step": st.step,
-                "outer": st.outer, "elapsed_s": st.elapsed, "checkpoint": str(folder),
-                "last": last_record}
+                "outer": st.outer, "elapsed_s": st.elapsed,
+                "checkpoint": None if folder is None else str(folder), "last": last_record}
+
+    def _advance_clocks(self, seconds: float, cpu_seconds: float) -> None:
+        """Adds a step's time to the budget clocks. Across processes: the slowest process's wall
+        time, the CPU time of all of them, and any process's SIGINT/SIGTERM, so every process
+        stops, snapshots and ends at the same step."""
+        st = self.state
+        if not dist.active():
+            st.elapsed += seconds
+            st.cpu_elapsed += cpu_seconds
+            return
+        sig = signal.Signals[self._signal].value if self._signal else 0
+        rows = dist.gather_rows([seconds, cpu_seconds, float(sig)], self.device,
+                                "the step's clock agreement")
+        st.elapsed += float(rows[:, 0].max())
+        st.cpu_elapsed += float(rows[:, 1].sum())
+        if self._stop_reason is None and bool((rows[:, 2] > 0).any()):
+            self._stop_reason = signal.Signals(int(rows[:, 2].max())).name
+
+    def _rank_failure(self, exc: dist.RankFailure) -> dist.RankFailure:
+        """The error of a run whose peer process died: it names the intact checkpoint (only
+        complete checkpoints of agreed steps were ever written) and how to go on."""
+        folder = find_checkpoint(self.run_dir / "checkpoints", weight_files(self.config)
+                                 + ("state.pt",))
+        where = (f"its last complete checkpoint {folder} is intact" if folder is not None else
+                 "it had not written a checkpoint yet")
+        return dist.RankFailure(
+            f"{exc}. The run stopped; {where}. Continue it with `torchrun --nproc_per_node N "
+            f"-m imle train --resume {self.run_dir}` (any N) or `imle train --resume "
+            f"{self.run_dir}`")

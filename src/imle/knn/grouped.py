@@ -39,16 +39,49 @@ def grouped_distances(queries: torch.Tensor, pools: torch.Tensor, metric: str = 
     out = torch.empty(n, m, dtype=torch.float32, device=pools.device)
     block = max(1, block_bytes // max(1, m * d * 4))
     for lo in range(0, n, block):
-        q = queries[lo:lo + block].float().unsqueeze(1)
-        p = pools[lo:lo + block].float()
-        if metric == "l2":
-            out[lo:lo + block] = (p - q).square().sum(-1)
-        elif metric == "l1":
-            out[lo:lo + block] = (p - q).abs().sum(-1)
-        else:
-            qn = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            pn = p / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            out[lo:lo + block] = 1 - (pn * qn).sum(-1)
+        out[lo:lo + block] = _pair(queries[lo:lo + block].float().unsqueeze(1),
+                                   pools[lo:lo + block].float(), metric)
+    return out
+
+
+def _pair(q: torch.Tensor, p: torch.Tensor, metric: str) -> torch.Tensor:
+    """Distances along the last dim of broadcast q and p; each entry depends only on its own
+    pair of rows, so any split of the rows gives the same values."""
+    if metric == "l2":
+        return (p - q).square().sum(-1)
+    if metric == "l1":
+        return (p - q).abs().sum(-1)
+    qn = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    pn = p / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return 1 - (pn * qn).sum(-1)
+
+
+def paired_distances(queries: torch.Tensor, rows: torch.Tensor, owner: torch.Tensor,
+                     metric: str = "l2", block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
+    """Distance of every pool row to the query it belongs to, in fp32 (the flat form of
+    `grouped_distances`, for any subset of a grouped pool's rows).
+
+    Args:
+        queries: (n, d).
+        rows: (r, d) pool rows (any float dtype).
+        owner: (r,) int64 index into ``queries`` of each row's query.
+        metric: "l2" (squared), "l1" or "cosine".
+
+    Returns:
+        (r,) float32; equal to the matching entries of `grouped_distances`.
+    """
+    if metric not in ("l2", "l1", "cosine"):
+        raise ConfigError(f"grouped search metric {metric!r}; choose l2, l1 or cosine")
+    if rows.ndim != 2 or queries.ndim != 2 or rows.shape[1] != queries.shape[1] or \
+            owner.shape != (rows.shape[0],):
+        raise ShapeError(f"paired distances need queries (n, d), rows (r, d) and owner (r,); got "
+                         f"{tuple(queries.shape)}, {tuple(rows.shape)}, {tuple(owner.shape)}")
+    r, d = rows.shape
+    out = torch.empty(r, dtype=torch.float32, device=rows.device)
+    block = max(1, block_bytes // max(1, d * 8))
+    for lo in range(0, r, block):
+        q = queries[owner[lo:lo + block]].float().unsqueeze(1)
+        out[lo:lo + block] = _pair(q, rows[lo:lo + block].float().unsqueeze(1), metric)[:, 0]
     return out
 
 
