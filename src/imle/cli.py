@@ -196,7 +196,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=2))
     if summary["status"] == "interrupted":
         print(f"interrupted by {summary['signal']}; checkpoint saved. Resume with:\n"
-              f"  imle train --resume {trainer.run_dir}", file=sys.stderr)
+              f"  imle train --resume {trainer.run_dir}\n(or under torchrun, on any number "
+              f"of processes)", file=sys.stderr)
         return 130
     return 0
 
