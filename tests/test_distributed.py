@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from imle import dist
 from imle.checkpoint import (
     checkpoint_folders,
     checkpoint_problem,
@@ -36,6 +37,22 @@ RULES = {
     "conditional-rs": ["--task", "class", "--model", "cond-mlp", "--search-backend", "auto",
                        "--method", "rs", "--method-options", '{"epsilon_nn_frac": 1.0}'],
 }
+
+
+@pytest.mark.parametrize("rows,block,world", [(640, 128, 2), (1000, 128, 3), (100, 512, 4),
+                                             (4097, 512, 8)])
+def test_pool_shards_are_whole_blocks_covering_the_pool(monkeypatch, rows, block, world):
+    monkeypatch.setattr(dist, "world_size", lambda: world)
+    ranges = []
+    for r in range(world):
+        monkeypatch.setattr(dist, "rank", lambda r=r: r)
+        ranges.append(dist.block_range(rows, block))
+    assert ranges[0][0] == 0 and ranges[-1][1] == rows
+    for (lo, hi), (lo2, _) in zip(ranges, ranges[1:], strict=False):
+        assert hi == lo2 and lo <= hi
+    assert all(lo % block == 0 for lo, hi in ranges if hi > lo)
+    sizes = [-(-(hi - lo) // block) for lo, hi in ranges]
+    assert max(sizes) - min(sizes) <= 1  # blocks shared out evenly
 
 
 def torchrun(args: list[str], **kwargs) -> subprocess.Popen:

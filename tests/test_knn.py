@@ -131,6 +131,52 @@ def test_recall_sample_can_be_set_per_call() -> None:
         searcher.search(q, p, estimate_recall=-1)
 
 
+def hard_case(n: int, m: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query between two pool rows, its two nearest ~1 % apart (benchmarks/knn_bench.py)."""
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.randn(m, 32, generator=g) @ (torch.randn(32, d, generator=g) / 6)
+    pool += 0.5 * torch.randn(m, d, generator=g)
+    a, b = torch.randint(0, m, (n,), generator=g), torch.randint(0, m, (n,), generator=g)
+    return (pool[a] + 0.4988 * (pool[b] - pool[a])).contiguous(), pool
+
+
+def true_recall(dist: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> float:
+    """Measured against the certified exact search (checked against brute force above)."""
+    exact = search(q, p, backend="exact", precision="fp32")[0][:, 0]
+    return float((dist[:, 0] <= exact * (1 + 1e-5) + 1e-6).float().mean())
+
+
+def test_target_recall_widens_the_search_until_it_is_reached() -> None:
+    q, p = hard_case(1500, 12000, 256, seed=3)
+    opts = dict(backend="projected", dim=16, rerank=4, ivf_lists=64, ivf_probe=2, seed=1)
+    plain = Searcher(**opts).search(q, p)
+    assert true_recall(plain.distances, q, p) < 0.9  # the base setting is lossy here
+    assert "target_recall" not in plain.stats  # explicit approximate backends: off by default
+    got = Searcher(**opts, target_recall=0.99).search(q, p)
+    assert got.stats["recall_at_1"] >= 0.99 and got.stats["widen_rounds"] >= 1
+    assert got.stats["recall_queries"] == 256
+    assert true_recall(got.distances, q, p) >= 0.97  # the estimate is a 256-query sample
+    assert got.stats["rerank"] > 4 and got.stats["ivf_probe"] > 2
+
+
+def test_target_recall_falls_back_to_exact_and_auto_defaults_to_099() -> None:
+    q, p = hard_case(600, 5000, 128, seed=4)
+    exact = search(q, p, backend="exact")[0]
+    # A 1-dim projection cannot reach 0.9999: widening runs out and the search turns exact.
+    r = Searcher(backend="projected", dim=1, rerank=2, ivf_lists=0, target_recall=0.9999
+                 ).search(q, p)
+    assert r.stats["fell_back_to_exact"] and r.stats["recall_at_1"] == 1.0
+    torch.testing.assert_close(r.distances, exact)
+    auto = Searcher(backend="auto", auto_exact_flops=1.0, dim=8, rerank=2).search(q, p)
+    assert auto.stats["backend"] == "projected" and auto.stats["target_recall"] == 0.99
+    assert auto.stats["recall_at_1"] >= 0.99
+    off = Searcher(backend="auto", auto_exact_flops=1.0, dim=8, rerank=2, target_recall=0
+                   ).search(q, p)
+    assert "target_recall" not in off.stats and "recall_at_1" not in off.stats
+    with pytest.raises(ConfigError, match="target_recall"):
+        Searcher(target_recall=1.5)
+
+
 def test_metrics() -> None:
     q, p = clustered(30, 200, 12, seed=7)
     d, i = search(q, p, k=2, metric="l1")

@@ -83,8 +83,7 @@ def setup(device: torch.device, timeout_minutes: float | None = None) -> torch.d
     if not tdist.is_initialized():
         minutes = timeout_minutes or float(os.environ.get("IMLE_DIST_TIMEOUT_MINUTES", "10"))
         tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                 timeout=datetime.timedelta(minutes=minutes),
-                                 device_id=device if device.type == "cuda" else None)
+                                 timeout=datetime.timedelta(minutes=minutes))
     return device
 
 

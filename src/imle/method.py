@@ -387,7 +387,7 @@ class IMLE(nn.Module):
             result_stats: dict[str, Any] = {}
             if searched.shape[0]:
                 result = self.searcher.search(query_f, searched, k=1,
-                                              estimate_recall=estimate_recall)
+                                              estimate_recall=estimate_recall, total_pool=m)
                 result_stats = result.stats
                 best, idx = result.distances[:, 0].float(), result.indices[:, 0]
                 if candidates is not None:

@@ -16,6 +16,12 @@ from imle.knn import _kernels as K
 from imle.knn import _pruned as PR
 
 BACKENDS = ("auto", "exact", "projected", "faiss")
+#: recall@1 target of the approximate search that "auto" picks, unless target_recall is set.
+AUTO_TARGET_RECALL = 0.99
+#: queries on which a target_recall search estimates its recall (or estimate_recall, if more).
+TARGET_SAMPLE = 256
+#: re-ranked candidates beyond which a search still below its target_recall turns exact.
+MAX_RERANK = 1024
 METRICS = ("l2", "l1", "cosine")
 
 # Every option a Searcher accepts, with its default. Unknown names raise ConfigError.
@@ -44,6 +50,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "ef_search": 128,           # HNSW search beam
     "use_gpu": "auto",          # faiss GPU index when the tensors are on CUDA and faiss has GPUs
     # common
+    "target_recall": None,      # approximate backends widen until estimated recall@1 >= this
+                                # (None: AUTO_TARGET_RECALL under "auto", off otherwise; 0: off)
     "estimate_recall": 0,       # queries sampled to estimate recall@1 against exact (0: off)
     "seed": 0,                  # seed of the random projection, PCA subsample and recall sample
     "q_block": None,            # queries per block (None: from memory_budget_gb)
@@ -168,6 +176,9 @@ class Searcher:
                 raise ConfigError(f"option {name} must be a positive int, got {o[name]!r}")
         if not isinstance(o["ivf_lists"], int) or o["ivf_lists"] < 0:
             raise ConfigError(f"ivf_lists must be an int >= 0, got {o['ivf_lists']!r}")
+        t = o["target_recall"]
+        if t is not None and not (isinstance(t, (int, float)) and 0 <= t <= 1):
+            raise ConfigError(f"target_recall must be None or a number in [0, 1], got {t!r}")
         if not isinstance(o["estimate_recall"], int) or o["estimate_recall"] < 0:
             raise ConfigError(f"estimate_recall must be an int >= 0, got {o['estimate_recall']!r}")
         self._proj_mean: torch.Tensor | None = None
@@ -241,7 +252,8 @@ class Searcher:
 
     # ------------------------------------------------------------------ search
     def search(self, queries: torch.Tensor, pool: torch.Tensor, k: int = 1,
-               estimate_recall: int | None = None) -> SearchResult:
+               estimate_recall: int | None = None, total_pool: int | None = None
+               ) -> SearchResult:
         """Finds the k nearest pool rows of every query row.
 
         Args:
@@ -250,6 +262,8 @@ class Searcher:
             k: number of neighbours (1 <= k <= m).
             estimate_recall: queries sampled for the recall@1 estimate of this call; None uses
                 the searcher's ``estimate_recall`` option.
+            total_pool: rows of the whole pool when ``pool`` is one process's shard of it:
+                "auto" then picks the backend for the whole problem, the same on every shard.
 
         Returns:
             SearchResult with (n, k) distances (SQUARED Euclidean for "l2") and int64 indices,
@@ -275,7 +289,8 @@ class Searcher:
         m, d = p.shape
         backend = self.backend
         if backend == "auto":
-            backend = choose_backend(n, m, d, q.device, metric, self.options["auto_exact_flops"])
+            backend = choose_backend(n, max(m, total_pool or 0), d, q.device, metric,
+                                     self.options["auto_exact_flops"])
         stats: dict[str, Any] = {"backend": backend}
         if metric == "l1" and backend != "exact":
             raise ConfigError(f"metric 'l1' is only supported by the exact backend, not {backend}")
@@ -283,13 +298,20 @@ class Searcher:
             if backend == "exact":
                 dist, idx = self._exact(q, p, k, metric, stats, n_recall)
             elif backend == "projected":
-                dist, idx = self._projected(q, p, k, stats, n_recall)
+                dist, idx = self._projected(q, p, k, stats, n_recall, self._target())
             else:
                 dist, idx = self._faiss(q, p, k, stats, n_recall)
         if self.metric == "cosine":
             dist = dist * 0.5  # ||a - b||^2 / 2 = 1 - cos for unit vectors
         stats["total_s"] = time.perf_counter() - t0
         return SearchResult(dist, idx, stats)
+
+    def _target(self) -> float:
+        """The recall@1 the approximate search must reach (0: none)."""
+        t = self.options["target_recall"]
+        if t is None:
+            return AUTO_TARGET_RECALL if self.backend == "auto" else 0.0
+        return float(t)
 
     # ------------------------------------------------------------------ exact
     def _exact(self, q: torch.Tensor, p: torch.Tensor, k: int, metric: str, stats: dict,
@@ -401,8 +423,12 @@ class Searcher:
             return 0
         return lists
 
-    def _projected(self, q: torch.Tensor, p: torch.Tensor, k: int, stats: dict, n_recall: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _projected(self, q: torch.Tensor, p: torch.Tensor, k: int, stats: dict, n_recall: int,
+                   target: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected search; with a ``target`` recall@1 > 0 it estimates its recall on a sample
+        of queries (against the certified exact scan) and, while the estimate is below the
+        target, doubles the re-ranked candidates (up to `MAX_RERANK`) and the IVF lists probed
+        and searches again; past those limits it runs the certified exact search."""
         o = self.options
         n, d = q.shape
         m = p.shape[0]
@@ -438,26 +464,51 @@ class Searcher:
                 stats["kmeans_s"] = time.perf_counter() - tc
             cent = cent.to(q.device)
         stats["build_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        if c >= m:
-            cand = torch.arange(m, device=q.device).expand(n, m)
-        elif lists:
-            cand = IVF.ivf_candidates(aq, ap, cent, min(o["ivf_probe"], lists), c, bias)
-        else:
-            cand = IVF.brute_candidates(aq, ap, c, bias)
-        dist, idx = K.rerank_l2(q, p, cand, k)
-        stats["query_s"] = time.perf_counter() - t
-        stats.update(dim=dim, rerank=c, projection=self._proj_kind, ivf_lists=lists,
-                     ivf_probe=min(o["ivf_probe"], lists) if lists else 0)
-        n_rec = min(n_recall, n)
+        probe = min(o["ivf_probe"], lists) if lists else 0
+        n_rec = min(max(n_recall, TARGET_SAMPLE if target > 0 else 0), n)
+        ex_d = sample = None
         if n_rec:
-            tr = time.perf_counter()
             g = torch.Generator(device="cpu").manual_seed(o["seed"] + 1)
             sample = torch.randperm(n, generator=g)[:n_rec].sort().values.to(q.device)
-            ex_d, _ = K.certified_scan(q[sample], p, 1, 8, torch.bfloat16, mu, q_block, p_block)
-            stats["recall_at_1"] = _recall(dist[sample, 0], ex_d[:, 0])
-            stats["recall_queries"] = n_rec
-            stats["recall_s"] = time.perf_counter() - tr
+        query_s = recall_s = 0.0
+        rounds, build_s = 0, stats["build_s"]
+        while True:
+            t = time.perf_counter()
+            if c >= m:
+                cand = torch.arange(m, device=q.device).expand(n, m)
+            elif lists:
+                cand = IVF.ivf_candidates(aq, ap, cent, probe, c, bias)
+            else:
+                cand = IVF.brute_candidates(aq, ap, c, bias)
+            dist, idx = K.rerank_l2(q, p, cand, k)
+            query_s += time.perf_counter() - t
+            if sample is None:
+                break
+            tr = time.perf_counter()
+            if ex_d is None:
+                ex_d = K.certified_scan(q[sample], p, 1, 8, torch.bfloat16, mu, q_block,
+                                        p_block)[0][:, 0]
+            recall = _recall(dist[sample, 0], ex_d)
+            recall_s += time.perf_counter() - tr
+            if recall >= target or c >= m:
+                break
+            rounds += 1
+            if c >= min(MAX_RERANK, m) and probe >= lists:  # widening is spent: go exact
+                t = time.perf_counter()
+                dist, idx = self._exact(q, p, k, "l2", stats, 0)
+                query_s += time.perf_counter() - t
+                recall, stats["fell_back_to_exact"] = 1.0, True
+                break
+            # Below target: look further, in the coarse lists and among the candidates.
+            c = min(2 * c, MAX_RERANK, m) if c < min(MAX_RERANK, m) else c
+            probe = min(2 * probe, lists)
+        stats.update(query_s=query_s, build_s=build_s)
+        stats.update(dim=dim, rerank=c, projection=self._proj_kind, ivf_lists=lists,
+                     ivf_probe=probe)
+        if target > 0:
+            stats.update(target_recall=target, widen_rounds=rounds)
+        if sample is not None:
+            stats.update(recall_at_1=recall, recall_queries=n_rec, recall_s=recall_s)
         return dist, idx
 
     # ------------------------------------------------------------------ faiss
