@@ -58,7 +58,8 @@ WORKLOADS = {
 
 BACKENDS = {
     "faiss-flat": dict(backend="faiss", index="flat"),
-    "auto": dict(backend="auto"),
+    "auto": dict(backend="auto"),  # target_recall 0.99 (AUTO_TARGET_RECALL)
+    "auto-no-target": dict(backend="auto", target_recall=0),  # the engine before target_recall
     "exact": dict(backend="exact"),  # default: certified PCA pruning where it pays
     "exact-bf16": dict(backend="exact", precision="bf16", prune="none"),
     "exact-fp32": dict(backend="exact", precision="fp32"),
@@ -239,7 +240,8 @@ def run_one(wdir: Path, name: str, repeats: int, n_ref: int, estimate: int) -> d
     if "recall_at_1" in rows[-1]:
         out["est_recall_at_1"] = round(rows[-1]["recall_at_1"], 4)
         out["est_recall_s"] = round(rows[-1]["recall_s"], 3)
-    for key in ("dim", "rerank", "ivf_lists", "ivf_probe", "fit_s", "kmeans_s"):
+    for key in ("dim", "rerank", "ivf_lists", "ivf_probe", "fit_s", "kmeans_s", "target_recall",
+                "widen_rounds", "fell_back_to_exact"):
         if key in rows[-1]:
             v = rows[-1][key]
             out[key] = round(v, 3) if isinstance(v, float) else v

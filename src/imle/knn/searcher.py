@@ -22,6 +22,8 @@ AUTO_TARGET_RECALL = 0.99
 TARGET_SAMPLE = 256
 #: re-ranked candidates beyond which a search still below its target_recall turns exact.
 MAX_RERANK = 1024
+#: estimated recall@1 below which widening is not tried and the search turns exact at once.
+EXACT_BELOW = 0.5
 METRICS = ("l2", "l1", "cosine")
 
 # Every option a Searcher accepts, with its default. Unknown names raise ConfigError.
@@ -185,6 +187,8 @@ class Searcher:
         self._proj_components: torch.Tensor | None = None
         self._proj_kind: str | None = None
         self._centroids: torch.Tensor | None = None
+        # The widening the last target_recall check settled on: {"rerank", "probe", "exact"}.
+        self._tuned: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -200,15 +204,18 @@ class Searcher:
             proj = {"kind": self._proj_kind, "mean": self._proj_mean.cpu(),
                     "components": self._proj_components.cpu(),
                     "centroids": None if self._centroids is None else self._centroids.cpu()}
-        return {"version": 2, "metric": self.metric if isinstance(self.metric, str) else None,
+        return {"version": 3, "metric": self.metric if isinstance(self.metric, str) else None,
                 "backend": self.backend, "memory_budget_gb": self.memory_budget_gb,
-                "options": dict(self.options), "projection": proj}
+                "options": dict(self.options), "projection": proj,
+                "tuned": None if self._tuned is None else dict(self._tuned)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores the fitted projection (metric, backend and options are kept as constructed,
         except that a saved projection is reused only if its kind matches)."""
         if not state:
             return
+        tuned = state.get("tuned")  # absent before version 3
+        self._tuned = None if tuned is None else dict(tuned)
         proj = state.get("projection")
         if proj is not None:
             self._proj_kind = proj["kind"]
@@ -425,10 +432,15 @@ class Searcher:
 
     def _projected(self, q: torch.Tensor, p: torch.Tensor, k: int, stats: dict, n_recall: int,
                    target: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected search; with a ``target`` recall@1 > 0 it estimates its recall on a sample
-        of queries (against the certified exact scan) and, while the estimate is below the
-        target, doubles the re-ranked candidates (up to `MAX_RERANK`) and the IVF lists probed
-        and searches again; past those limits it runs the certified exact search."""
+        """Projected search with an optional ``target`` recall@1.
+
+        A call that estimates recall (``n_recall`` > 0, or the first call) checks the target:
+        it measures recall@1 on a sample of at least `TARGET_SAMPLE` queries against the
+        certified exact scan and, while the estimate is below the target, doubles the
+        re-ranked candidates (up to `MAX_RERANK`) and the IVF lists probed and searches again,
+        starting from the configured settings; past those limits, or below `EXACT_BELOW`, it
+        runs the certified exact search. Calls in between reuse the settings the last check
+        settled on (kept in the state), so the check costs only where recall is measured."""
         o = self.options
         n, d = q.shape
         m = p.shape[0]
@@ -465,7 +477,20 @@ class Searcher:
             cent = cent.to(q.device)
         stats["build_s"] = time.perf_counter() - t
         probe = min(o["ivf_probe"], lists) if lists else 0
-        n_rec = min(max(n_recall, TARGET_SAMPLE if target > 0 else 0), n)
+        check = target > 0 and (n_recall > 0 or self._tuned is None)
+        if target > 0 and not check:
+            tuned = self._tuned
+            assert tuned is not None
+            stats.update(target_recall=target, widen_rounds=0, tuned_from_last_check=True)
+            if tuned["exact"]:
+                t, build_s = time.perf_counter(), stats["build_s"]
+                found = self._exact(q, p, k, "l2", stats, 0)
+                stats.update(query_s=time.perf_counter() - t, build_s=build_s,
+                             fell_back_to_exact=True)
+                return found
+            c = max(c, min(tuned["rerank"], MAX_RERANK, m))
+            probe = min(max(probe, tuned["probe"]), lists) if lists else 0
+        n_rec = min(max(n_recall, TARGET_SAMPLE if check else 0), n)
         ex_d = sample = None
         if n_rec:
             g = torch.Generator(device="cpu").manual_seed(o["seed"] + 1)
@@ -490,10 +515,10 @@ class Searcher:
                                         p_block)[0][:, 0]
             recall = _recall(dist[sample, 0], ex_d)
             recall_s += time.perf_counter() - tr
-            if recall >= target or c >= m:
+            if not check or recall >= target or c >= m:
                 break
             rounds += 1
-            if c >= min(MAX_RERANK, m) and probe >= lists:  # widening is spent: go exact
+            if recall < EXACT_BELOW or (c >= min(MAX_RERANK, m) and probe >= lists):
                 t = time.perf_counter()
                 dist, idx = self._exact(q, p, k, "l2", stats, 0)
                 query_s += time.perf_counter() - t
@@ -503,6 +528,9 @@ class Searcher:
             c = min(2 * c, MAX_RERANK, m) if c < min(MAX_RERANK, m) else c
             probe = min(2 * probe, lists)
         stats.update(query_s=query_s, build_s=build_s)
+        if check:
+            self._tuned = {"rerank": c, "probe": probe,
+                           "exact": bool(stats.get("fell_back_to_exact", False))}
         stats.update(dim=dim, rerank=c, projection=self._proj_kind, ivf_lists=lists,
                      ivf_probe=probe)
         if target > 0:
