@@ -22,9 +22,11 @@ writes every row as JSON to ``--out/gpu_check.jsonl``:
    compile and FID on CUDA against the CPU), pass/fail counts.
 5. ``speed``: the default config for ``--speed-seconds`` each, eager fp32 / eager bf16 SGD /
    ``compile="default"`` / ``compile="reduce-overhead"`` (CUDA graphs): steps/s (compile time
-   inside the budget) and FID of 10,000 EMA samples at the end, i.e. FID at equal time.
+   inside the budget), the steady rate after the first outer iteration, and FID of 10,000 EMA
+   samples at the end, i.e. FID at equal time.
 
-All sections together take about 6 minutes on an H200 with the defaults.
+All sections together should take about 7 minutes on an H200 with the defaults (estimated from
+the 2026-11-27 section times; not yet run with sections 4 and 5).
 
 Usage::
 
@@ -357,8 +359,16 @@ def speed(dev: str, data_dir: str | None, seconds: float, out: Path) -> None:
                            device=dev)["metrics"]["fid"]
             rate = summary["step"] / summary["elapsed_s"]
             first = first or rate
+            # After the first outer iteration (compilation, warm-up): the steady rate.
+            log = [json.loads(line) for line in
+                   (out / f"speed-{name}" / "log.jsonl").read_text().splitlines()]
+            steady = (None if len(log) < 2 else
+                      (log[-1]["step"] - log[0]["step"])
+                      / max(log[-1]["elapsed_s"] - log[0]["elapsed_s"], 1e-9))
             row.update(steps=summary["step"], steps_per_s=round(rate, 1),
-                       ratio_to_eager=round(rate / first, 2), fid=round(fid, 2))
+                       ratio_to_eager=round(rate / first, 2),
+                       steady_steps_per_s=None if steady is None else round(steady, 1),
+                       fid=round(fid, 2))
         except Exception as e:
             row.update(error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=3))
         emit(row)
@@ -373,7 +383,7 @@ def main() -> None:
                     default=["correct", "time", "train", "tests", "speed"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-seconds", type=float, default=60.0)
-    ap.add_argument("--speed-seconds", type=float, default=30.0)
+    ap.add_argument("--speed-seconds", type=float, default=45.0)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--run-root", type=Path, default=None,
                     help="where the training section's run folders go (default: a temp dir)")

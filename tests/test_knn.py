@@ -148,34 +148,38 @@ def true_recall(dist: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> float:
 
 def test_target_recall_widens_the_search_until_it_is_reached() -> None:
     q, p = hard_case(1500, 12000, 256, seed=3)
-    opts = dict(backend="projected", dim=32, rerank=8, ivf_lists=64, ivf_probe=8, seed=1)
+    opts = dict(backend="projected", dim=64, rerank=16, ivf_lists=64, ivf_probe=16, seed=1)
     plain = Searcher(**opts).search(q, p)
     assert true_recall(plain.distances, q, p) < 0.9  # the base setting is lossy here
     assert "target_recall" not in plain.stats  # explicit approximate backends: off by default
-    got = Searcher(**opts, target_recall=0.99).search(q, p)
-    assert got.stats["recall_at_1"] >= 0.99 and got.stats["widen_rounds"] >= 1
+    # Near the target (0.95; recall ~0.89 is within 4x its miss rate): widen, not exact.
+    got = Searcher(**opts, target_recall=0.95).search(q, p)
+    assert got.stats["recall_at_1"] >= 0.95 and got.stats["widen_rounds"] >= 1
     assert got.stats["recall_queries"] == 256
-    assert true_recall(got.distances, q, p) >= 0.97  # the estimate is a 256-query sample
+    assert true_recall(got.distances, q, p) >= 0.93  # the estimate is a 256-query sample
     assert not got.stats.get("fell_back_to_exact")
-    assert got.stats["rerank"] > 8 and got.stats["ivf_probe"] > 8
+    assert got.stats["rerank"] > 16 and got.stats["ivf_probe"] > 16
+    # Far from the target (0.999 allows 0.4 % misses): straight to the exact search.
+    far = Searcher(**opts, target_recall=0.999).search(q, p)
+    assert far.stats["fell_back_to_exact"] and far.stats["widen_rounds"] == 1
 
 
 def test_target_recall_is_checked_where_recall_is_estimated_and_reused_between() -> None:
     q, p = hard_case(1500, 12000, 256, seed=3)
-    s = Searcher(backend="projected", dim=32, rerank=8, ivf_lists=64, ivf_probe=8, seed=1,
-                 target_recall=0.99)
+    s = Searcher(backend="projected", dim=64, rerank=16, ivf_lists=64, ivf_probe=16, seed=1,
+                 target_recall=0.95)
     first = s.search(q, p)  # the first call checks
     again = s.search(q, p, estimate_recall=0)  # later calls reuse its settings, unchecked
     assert again.stats["tuned_from_last_check"] and "recall_at_1" not in again.stats
     assert (again.stats["rerank"], again.stats["ivf_probe"]) == (first.stats["rerank"],
                                                                  first.stats["ivf_probe"])
     assert torch.equal(again.indices, first.indices)
-    copy = Searcher(backend="projected", dim=32, rerank=8, ivf_lists=64, ivf_probe=8, seed=1,
-                    target_recall=0.99)
+    copy = Searcher(backend="projected", dim=64, rerank=16, ivf_lists=64, ivf_probe=16, seed=1,
+                    target_recall=0.95)
     copy.load_state_dict(s.state_dict())  # saved with checkpoints: a resume searches alike
     assert torch.equal(copy.search(q, p, estimate_recall=0).indices, first.indices)
     checked = s.search(q, p, estimate_recall=300)  # a recall estimate re-checks from the base
-    assert checked.stats["recall_queries"] == 300 and checked.stats["recall_at_1"] >= 0.99
+    assert checked.stats["recall_queries"] == 300 and checked.stats["recall_at_1"] >= 0.95
 
 
 def test_target_recall_falls_back_to_exact_and_auto_defaults_to_099() -> None:

@@ -22,8 +22,10 @@ AUTO_TARGET_RECALL = 0.99
 TARGET_SAMPLE = 256
 #: re-ranked candidates beyond which a search still below its target_recall turns exact.
 MAX_RERANK = 1024
-#: estimated recall@1 below which widening is not tried and the search turns exact at once.
-EXACT_BELOW = 0.5
+#: widening is tried only while the estimated miss rate is within this factor of the target's
+#: (for 0.99: recall >= 0.96); further off, the search turns exact at once, which costs less
+#: than the widening it would take.
+WIDEN_MISS_FACTOR = 4.0
 METRICS = ("l2", "l1", "cosine")
 
 # Every option a Searcher accepts, with its default. Unknown names raise ConfigError.
@@ -438,9 +440,10 @@ class Searcher:
         it measures recall@1 on a sample of at least `TARGET_SAMPLE` queries against the
         certified exact scan and, while the estimate is below the target, doubles the
         re-ranked candidates (up to `MAX_RERANK`) and the IVF lists probed and searches again,
-        starting from the configured settings; past those limits, or below `EXACT_BELOW`, it
-        runs the certified exact search. Calls in between reuse the settings the last check
-        settled on (kept in the state), so the check costs only where recall is measured."""
+        starting from the configured settings; past those limits, or with a miss rate more than
+        `WIDEN_MISS_FACTOR` times the target's, it runs the certified exact search. Calls in
+        between reuse the settings the last check settled on (kept in the state), so the check
+        costs only where recall is measured."""
         o = self.options
         n, d = q.shape
         m = p.shape[0]
@@ -518,7 +521,8 @@ class Searcher:
             if not check or recall >= target or c >= m:
                 break
             rounds += 1
-            if recall < EXACT_BELOW or (c >= min(MAX_RERANK, m) and probe >= lists):
+            far = (1 - recall) > WIDEN_MISS_FACTOR * (1 - target)
+            if far or (c >= min(MAX_RERANK, m) and probe >= lists):
                 t = time.perf_counter()
                 dist, idx = self._exact(q, p, k, "l2", stats, 0)
                 query_s += time.perf_counter() - t
