@@ -189,8 +189,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trainer.open()  # lock the folder and refuse one holding a run before loading more
     try:
         summary = trainer.train()
-    finally:
-        dist.shutdown()
+    except BaseException:
+        # Report at once: the others may be inside a collective, and the launcher may be
+        # about to stop this process; leaving the group could block on them.
+        trainer.release_processes()
+        raise
+    trainer.release_processes()
+    dist.shutdown()
     if not trainer.main:  # rank 0 reports for a distributed run
         return 130 if summary["status"] == "interrupted" else 0
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=2))

@@ -17,7 +17,9 @@ A collective that fails because another rank died raises `RankFailure`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
 import os
 
 import torch
@@ -87,10 +89,19 @@ def setup(device: torch.device, timeout_minutes: float | None = None) -> torch.d
     return device
 
 
-def shutdown() -> None:
-    """Leaves the process group (at the end of a command)."""
-    if tdist.is_available() and tdist.is_initialized():
-        tdist.destroy_process_group()
+def shutdown(wait: bool = True) -> None:
+    """Leaves the process group at the normal end of a command; ``wait``: first meet the
+    other processes in a barrier.
+
+    Drop every DistributedDataParallel wrapper first: it holds the group, and a group whose
+    last reference dies during interpreter shutdown can abort the process (gloo threads)."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return
+    with contextlib.suppress(RuntimeError):  # a peer already gone: leave anyway
+        if wait and tdist.get_world_size() > 1:
+            tdist.barrier()
+    tdist.destroy_process_group()
+    gc.collect()
 
 
 def failure(exc: BaseException, where: str) -> RankFailure:

@@ -612,6 +612,11 @@ class Trainer:
         if self._writer is None:
             self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
 
+    def release_processes(self) -> None:
+        """Drops the DistributedDataParallel wrapper (call before `imle.dist.shutdown`); the
+        trainer can still checkpoint and sample, but no longer train across processes."""
+        self.train_module = self.method.generator
+
     def close(self) -> None:
         """Flushes TensorBoard and releases the run folder's lock."""
         if self._writer is not None:
