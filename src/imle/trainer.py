@@ -519,8 +519,8 @@ class Trainer:
         return None
 
     def _save_snapshot(self, mark: float) -> None:
-        self.state.snapshots_done.append(mark)
-        if not self.main:
+        if not self.main:  # its state must still record the mark, as rank 0's does
+            self.state.snapshots_done.append(mark)
             return
         meta = {"step": str(self.step), "elapsed_s": f"{self.elapsed:.1f}",
                 "cpu_s": f"{self.cpu_elapsed:.1f}"}
@@ -531,6 +531,7 @@ class Trainer:
         write_folder(self.run_dir / "snapshots" / f"min-{mark:g}", blobs,
                      {"kind": "snapshot", "step": self.step, "config": self.config.to_dict(),
                       "config_sha256": config_hash(self.config.to_dict())})
+        self.state.snapshots_done.append(mark)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -615,7 +616,8 @@ class Trainer:
     def release_processes(self) -> None:
         """Drops the DistributedDataParallel wrapper (call before `imle.dist.shutdown`); the
         trainer can still checkpoint and sample, but no longer train across processes."""
-        self.train_module = self.method.generator
+        if dist.active():
+            self.train_module = self.method.generator
 
     def close(self) -> None:
         """Flushes TensorBoard and releases the run folder's lock."""
