@@ -436,7 +436,8 @@ class Searcher:
                    target: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected search with an optional ``target`` recall@1.
 
-        A call that estimates recall (``n_recall`` > 0, or the first call) checks the target:
+        A call that estimates recall (``n_recall`` > 0; with an explicit ``target_recall``
+        option also the first call) checks the target:
         it measures recall@1 on a sample of at least `TARGET_SAMPLE` queries against the
         certified exact scan and, while the estimate is below the target, doubles the
         re-ranked candidates (up to `MAX_RERANK`) and the IVF lists probed and searches again,
@@ -480,10 +481,11 @@ class Searcher:
             cent = cent.to(q.device)
         stats["build_s"] = time.perf_counter() - t
         probe = min(o["ivf_probe"], lists) if lists else 0
-        check = target > 0 and (n_recall > 0 or self._tuned is None)
-        if target > 0 and not check:
+        # Checked where the caller estimates recall; an explicit target also on the first call.
+        explicit = o["target_recall"] is not None
+        check = target > 0 and (n_recall > 0 or (explicit and self._tuned is None))
+        if target > 0 and not check and self._tuned is not None:
             tuned = self._tuned
-            assert tuned is not None
             stats.update(target_recall=target, widen_rounds=0, tuned_from_last_check=True)
             if tuned["exact"]:
                 t, build_s = time.perf_counter(), stats["build_s"]
@@ -513,9 +515,9 @@ class Searcher:
             if sample is None:
                 break
             tr = time.perf_counter()
-            if ex_d is None:
-                ex_d = K.certified_scan(q[sample], p, 1, 8, torch.bfloat16, mu, q_block,
-                                        p_block)[0][:, 0]
+            if ex_d is None:  # fp32 scan: bf16 certificates fail often on real images
+                ex_d = K.certified_scan(q[sample], p, 1, 4, torch.float32, mu,
+                                        min(q_block, 256), min(p_block, 2048))[0][:, 0]
             recall = _recall(dist[sample, 0], ex_d)
             recall_s += time.perf_counter() - tr
             if not check or recall >= target or c >= m:
@@ -538,7 +540,7 @@ class Searcher:
         stats.update(dim=dim, rerank=c, projection=self._proj_kind, ivf_lists=lists,
                      ivf_probe=probe)
         if target > 0:
-            stats.update(target_recall=target, widen_rounds=rounds)
+            stats.update(target_recall=target, widen_rounds=rounds, target_checked=check)
         if sample is not None:
             stats.update(recall_at_1=recall, recall_queries=n_rec, recall_s=recall_s)
         return dist, idx
