@@ -186,10 +186,13 @@ def test_target_recall_falls_back_to_exact_and_auto_defaults_to_099() -> None:
     q, p = hard_case(600, 5000, 128, seed=4)
     exact = search(q, p, backend="exact")[0]
     # A 1-dim projection cannot reach 0.9999: widening runs out and the search turns exact.
-    r = Searcher(backend="projected", dim=1, rerank=2, ivf_lists=0, target_recall=0.9999
-                 ).search(q, p)
+    s = Searcher(backend="projected", dim=1, rerank=2, ivf_lists=0, target_recall=0.9999)
+    r = s.search(q, p)
     assert r.stats["fell_back_to_exact"] and r.stats["recall_at_1"] == 1.0
     torch.testing.assert_close(r.distances, exact)
+    again = s.search(q, p)  # unchecked: stays exact until the next check
+    assert again.stats["fell_back_to_exact"] and again.stats["tuned_from_last_check"]
+    torch.testing.assert_close(again.distances, exact)
     # auto aims at 0.99 where the caller estimates recall (the trainer: every 10th refresh).
     auto = Searcher(backend="auto", auto_exact_flops=1.0, dim=8, rerank=2)
     one_shot = auto.search(q, p)

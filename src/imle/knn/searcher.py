@@ -448,6 +448,17 @@ class Searcher:
         o = self.options
         n, d = q.shape
         m = p.shape[0]
+        # Checked where the caller estimates recall; an explicit target also on the first call.
+        check = target > 0 and (n_recall > 0 or (o["target_recall"] is not None
+                                                 and self._tuned is None))
+        tuned = self._tuned if target > 0 and not check else None
+        if tuned is not None and tuned["exact"]:  # the last check found the target out of reach
+            t = time.perf_counter()
+            found = self._exact(q, p, k, "l2", stats, 0)
+            stats.update(query_s=time.perf_counter() - t, fell_back_to_exact=True,
+                         tuned_from_last_check=True, target_recall=target, widen_rounds=0,
+                         target_checked=False)
+            return found
         q_block, p_block = self._blocks(n, m, d)
         t = time.perf_counter()
         comps = self._proj_components
@@ -481,18 +492,9 @@ class Searcher:
             cent = cent.to(q.device)
         stats["build_s"] = time.perf_counter() - t
         probe = min(o["ivf_probe"], lists) if lists else 0
-        # Checked where the caller estimates recall; an explicit target also on the first call.
-        explicit = o["target_recall"] is not None
-        check = target > 0 and (n_recall > 0 or (explicit and self._tuned is None))
-        if target > 0 and not check and self._tuned is not None:
-            tuned = self._tuned
-            stats.update(target_recall=target, widen_rounds=0, tuned_from_last_check=True)
-            if tuned["exact"]:
-                t, build_s = time.perf_counter(), stats["build_s"]
-                found = self._exact(q, p, k, "l2", stats, 0)
-                stats.update(query_s=time.perf_counter() - t, build_s=build_s,
-                             fell_back_to_exact=True)
-                return found
+        exact = False
+        if tuned is not None:  # reuse the widening the last check settled on
+            stats["tuned_from_last_check"] = True
             c = max(c, min(tuned["rerank"], MAX_RERANK, m))
             probe = min(max(probe, tuned["probe"]), lists) if lists else 0
         n_rec = min(max(n_recall, TARGET_SAMPLE if check else 0), n)
@@ -502,7 +504,7 @@ class Searcher:
             sample = torch.randperm(n, generator=g)[:n_rec].sort().values.to(q.device)
         query_s = recall_s = 0.0
         rounds, build_s = 0, stats["build_s"]
-        while True:
+        while not exact:
             t = time.perf_counter()
             if c >= m:
                 cand = torch.arange(m, device=q.device).expand(n, m)
@@ -525,18 +527,19 @@ class Searcher:
             rounds += 1
             far = (1 - recall) > WIDEN_MISS_FACTOR * (1 - target)
             if far or (c >= min(MAX_RERANK, m) and probe >= lists):
-                t = time.perf_counter()
-                dist, idx = self._exact(q, p, k, "l2", stats, 0)
-                query_s += time.perf_counter() - t
-                recall, stats["fell_back_to_exact"] = 1.0, True
+                exact = True
                 break
             # Below target: look further, in the coarse lists and among the candidates.
-            c = min(2 * c, MAX_RERANK, m) if c < min(MAX_RERANK, m) else c
+            c = max(c, min(2 * c, MAX_RERANK, m))
             probe = min(2 * probe, lists)
+        if exact:  # the target is out of reach of widening
+            t = time.perf_counter()
+            dist, idx = self._exact(q, p, k, "l2", stats, 0)
+            query_s += time.perf_counter() - t
+            recall, stats["fell_back_to_exact"] = 1.0, True
         stats.update(query_s=query_s, build_s=build_s)
         if check:
-            self._tuned = {"rerank": c, "probe": probe,
-                           "exact": bool(stats.get("fell_back_to_exact", False))}
+            self._tuned = {"rerank": c, "probe": probe, "exact": exact}
         stats.update(dim=dim, rerank=c, projection=self._proj_kind, ivf_lists=lists,
                      ivf_probe=probe)
         if target > 0:
