@@ -75,6 +75,9 @@ BACKENDS = {
     "projected-rand128": dict(backend="projected", projection="random", dim=128, rerank=32),
     "faiss-ivf": dict(backend="faiss", index="ivf", nlist=1024, nprobe=16),
     "faiss-hnsw": dict(backend="faiss", index="hnsw", hnsw_m=32, ef_search=128),
+    # Prioritized DCI with the IMLE reference code's parameters (the defaults): 2 x 7 indices,
+    # 2 levels, field of view 10 (build) / 20 (query), prop_to_retrieve 0.002 / 0.02.
+    "dci": dict(backend="dci"),
 }
 
 

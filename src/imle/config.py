@@ -164,7 +164,7 @@ class MethodConfig(_Typed):
         pool_multiplier: pool size m = pool_multiplier * |S| (reference: 10).
         refresh_epochs: L expressed in epochs over S between pool refreshes (reference: 5).
         latent_noise: std of Gaussian noise added to matched latents at each SGD step.
-        search_backend: `imle.knn` backend ("auto", "exact", "projected", "faiss").
+        search_backend: `imle.knn` backend ("auto", "exact", "projected", "faiss", "dci").
         search_options: extra keyword options for the search backend.
         recall_sample: queries on which the search's recall@1 is measured against exact
             search (0: off).

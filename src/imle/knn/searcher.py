@@ -11,11 +11,12 @@ from typing import Any
 import torch
 
 from imle.errors import ConfigError, DataError, ShapeError
+from imle.knn import _dci as DCI
 from imle.knn import _ivf as IVF
 from imle.knn import _kernels as K
 from imle.knn import _pruned as PR
 
-BACKENDS = ("auto", "exact", "projected", "faiss")
+BACKENDS = ("auto", "exact", "projected", "faiss", "dci")
 #: recall@1 target of the approximate search that "auto" picks, unless target_recall is set.
 AUTO_TARGET_RECALL = 0.99
 #: queries on which a target_recall search estimates its recall (or estimate_recall, if more).
@@ -53,6 +54,15 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "hnsw_m": 32,               # HNSW graph degree
     "ef_search": 128,           # HNSW search beam
     "use_gpu": "auto",          # faiss GPU index when the tensors are on CUDA and faiss has GPUs
+    # dci (Prioritized DCI; defaults: the IMLE reference code's parameters)
+    "num_comp_indices": 2,      # composite indices
+    "num_simp_indices": 7,      # simple indices (random directions) per composite index
+    "num_levels": 2,            # levels of the hierarchy
+    "field_of_view": 20,        # points expanded per level of a query
+    "prop_to_retrieve": 0.02,   # candidates a query retrieves per group, as a share of it
+    "build_field_of_view": 10,  # the same two for the queries that build the hierarchy
+    "build_prop_to_retrieve": 0.002,
+    "prop_to_visit": 1.0,       # visits after which a walk stops, as a share of group x simple
     # common
     "target_recall": None,      # approximate backends widen until estimated recall@1 >= this
                                 # (None: AUTO_TARGET_RECALL under "auto", off otherwise; 0: off)
@@ -136,7 +146,8 @@ class Searcher:
         metric: "l2" (squared Euclidean), "l1", "cosine" (1 - cos), or a callable mapping an
             (r, ...) tensor to (r, f) features, applied to both sides (squared L2 between
             features).
-        backend: "auto", "exact", "projected" or "faiss" (needs ``pip install imle[faiss]``).
+        backend: "auto", "exact", "projected", "faiss" (needs ``pip install imle[faiss]``) or
+            "dci" (Prioritized DCI, the reference code's search).
         memory_budget_gb: bound on temporary buffers (distance blocks, pool chunks). The full
             n x m matrix is never formed. Cosine and callable metrics additionally hold the
             transformed pool.
@@ -175,9 +186,14 @@ class Searcher:
             raise ConfigError(f"index must be 'flat', 'ivf' or 'hnsw', got {o['index']!r}")
         for name in ("candidates", "prune_dim", "prune_candidates", "dim", "rerank",
                      "fit_samples", "nlist", "nprobe", "hnsw_m", "ef_search", "ivf_probe",
-                     "kmeans_iters"):
+                     "kmeans_iters", "num_comp_indices", "num_simp_indices", "num_levels",
+                     "field_of_view", "build_field_of_view"):
             if not isinstance(o[name], int) or o[name] < 1:
                 raise ConfigError(f"option {name} must be a positive int, got {o[name]!r}")
+        for name in ("prop_to_retrieve", "build_prop_to_retrieve", "prop_to_visit"):
+            v = o[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                raise ConfigError(f"option {name} must be a number in (0, 1], got {v!r}")
         if not isinstance(o["ivf_lists"], int) or o["ivf_lists"] < 0:
             raise ConfigError(f"ivf_lists must be an int >= 0, got {o['ivf_lists']!r}")
         t = o["target_recall"]
@@ -308,6 +324,8 @@ class Searcher:
                 dist, idx = self._exact(q, p, k, metric, stats, n_recall)
             elif backend == "projected":
                 dist, idx = self._projected(q, p, k, stats, n_recall, self._target())
+            elif backend == "dci":
+                dist, idx = self._dci(q, p, k, stats, n_recall)
             else:
                 dist, idx = self._faiss(q, p, k, stats, n_recall)
         if self.metric == "cosine":
@@ -560,17 +578,56 @@ class Searcher:
         K.check_finite(pf.square().sum(1), "pool")
         dist, idx, build_s = faiss_search(qf, pf, k, o)
         stats.update(build_s=build_s, query_s=time.perf_counter() - t - build_s, index=o["index"])
+        self._estimate_recall(q, p, idx, stats, n_recall)
+        return dist, idx
+
+    def _estimate_recall(self, q: torch.Tensor, p: torch.Tensor, idx: torch.Tensor,
+                         stats: dict, n_recall: int) -> None:
+        """Adds recall@1 of ``idx`` (n, k) on ``n_recall`` sampled queries, against the certified
+        exact scan, to ``stats``."""
         n_rec = min(n_recall, q.shape[0])
-        if n_rec:
-            tr = time.perf_counter()
-            q_block, p_block = self._blocks(n_rec, p.shape[0], p.shape[1])
-            g = torch.Generator(device="cpu").manual_seed(o["seed"] + 1)
-            sample = torch.randperm(q.shape[0], generator=g)[:n_rec].sort().values.to(q.device)
-            ex_d, _ = K.certified_scan(q[sample], p, 1, 8, torch.bfloat16, qf.mean(0), q_block,
-                                       p_block)
-            got = K.rerank_l2(q[sample], p, idx[sample, :1], 1)[0][:, 0]
-            stats.update(recall_at_1=_recall(got, ex_d[:, 0]), recall_queries=n_rec,
-                         recall_s=time.perf_counter() - tr)
+        if not n_rec:
+            return
+        tr = time.perf_counter()
+        q_block, p_block = self._blocks(n_rec, p.shape[0], p.shape[1])
+        g = torch.Generator(device="cpu").manual_seed(self.options["seed"] + 1)
+        sample = torch.randperm(q.shape[0], generator=g)[:n_rec].sort().values.to(q.device)
+        ex_d, _ = K.certified_scan(q[sample], p, 1, 8, torch.bfloat16, q.float().mean(0),
+                                   q_block, p_block)
+        got = K.rerank_l2(q[sample], p, idx[sample, :1], 1)[0][:, 0]
+        stats.update(recall_at_1=_recall(got, ex_d[:, 0]), recall_queries=n_rec,
+                     recall_s=time.perf_counter() - tr)
+
+    # ------------------------------------------------------------------ dci
+    def _dci(self, q: torch.Tensor, p: torch.Tensor, k: int, stats: dict, n_recall: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prioritized DCI (`imle.knn._dci`): the index is built over this call's pool, queried,
+        and the candidates of the finest level re-ranked exactly; a query left with fewer than
+        k distinct candidates is answered by the exact search."""
+        o = self.options
+        t = time.perf_counter()
+        K.check_finite(q.float().square().sum(1), "queries")
+        for s in range(0, p.shape[0], 65536):
+            K.check_finite(p[s:s + 65536].float().square().sum(1), "pool")
+        index = DCI.build(p, o["num_comp_indices"], o["num_simp_indices"], o["num_levels"],
+                          o["build_field_of_view"], o["build_prop_to_retrieve"],
+                          o["prop_to_visit"], o["seed"])
+        build_s = time.perf_counter() - t
+        qp = (q.float() @ index.dirs).double()
+        pos, _ = DCI.descend(index, q, qp, 0, k, o["field_of_view"], o["prop_to_retrieve"],
+                             o["prop_to_visit"], keep_all=True)
+        found = pos >= 0
+        cand = index.levels[0].members[pos.clamp(min=0)]
+        cand = torch.where(found, cand, cand[:, :1])  # padding repeats a candidate
+        dist, idx = K.rerank_l2(q, p, cand, k)
+        short = torch.isinf(dist[:, -1])
+        if bool(short.any()):
+            rows = torch.nonzero(short).flatten()
+            dist[rows], idx[rows] = self._exact(q[rows], p, k, "l2", {}, 0)
+        stats.update(build_s=build_s, query_s=time.perf_counter() - t - build_s,
+                     levels=len(index.levels), candidates=float(found.sum(1).float().mean()),
+                     exact_fallback_queries=int(short.sum()))
+        self._estimate_recall(q, p, idx, stats, n_recall)
         return dist, idx
 
 
@@ -589,7 +646,7 @@ def search(queries: torch.Tensor, pool: torch.Tensor, k: int = 1,
         pool: (m, d) float tensor.
         k: neighbours per query.
         metric: "l2", "l1", "cosine" or a feature callable.
-        backend: "auto", "exact", "projected" or "faiss".
+        backend: "auto", "exact", "projected", "faiss" or "dci".
         **options: see `DEFAULT_OPTIONS`; ``memory_budget_gb`` is accepted here too.
 
     Returns:
