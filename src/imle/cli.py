@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from imle.config import PRESETS, SECTIONS, TrainConfig
+from imle.config import METHOD_PRESETS, PRESETS, SECTIONS, TrainConfig
 from imle.errors import ConfigError, DataError
 
 # Flags whose plain field name would be ambiguous or unidiomatic.
@@ -96,8 +96,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
 
     train = sub.add_parser("train", help="train a generator with IMLE")
     train.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help="starting configuration: the project's tuned defaults, or 'paper' "
-                            "for the authors' reference setup (MLP, S = all data, m = 10|S|)")
+                       help="starting configuration: the project's tuned defaults, 'paper' "
+                            "for the authors' reference setup (MLP, S = all data, m = 10|S|), "
+                            "or 'gan' for the GAN baseline (also the start of --method gan)")
     train.add_argument("--config", type=Path, help="JSON config file (replaces the preset); "
                                                    "flags override it")
     train.add_argument("--out", type=Path, default=None,
@@ -147,8 +148,10 @@ def _config_from_args(args: argparse.Namespace, table: list) -> TrainConfig:
     if args.config and args.preset:
         raise ConfigError("give --preset or --config, not both (the config file replaces the "
                           "preset)")
-    base = (TrainConfig.from_json(args.config) if args.config else
-            PRESETS[args.preset or "default"]())
+    preset = args.preset
+    if preset is None and not args.config:  # e.g. --method gan starts from the GAN's preset
+        preset = METHOD_PRESETS.get(getattr(args, "cfg__method__type", None), "default")
+    base = TrainConfig.from_json(args.config) if args.config else PRESETS[preset]()
     raw = base.to_dict()
     for section, field, dest in table:
         if hasattr(args, dest):
@@ -161,7 +164,8 @@ def _config_from_args(args: argparse.Namespace, table: list) -> TrainConfig:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from imle import dist
-    from imle.trainer import Trainer
+    from imle.gan_trainer import trainer_class
+    from imle.runs import read_config
 
     if args.resume:
         overrides = {b: getattr(args, b) for b in BUDGETS if getattr(args, b) is not None}
@@ -175,7 +179,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                               f"drop {', '.join(extra)} (only a budget flag, --minutes/"
                               f"--cpu-minutes/--epochs/--steps/--outer, may be given with it)")
         (budget_type, budget), = overrides.items() if overrides else ((None, None),)
-        trainer = Trainer.resume(args.resume, budget=budget, budget_type=budget_type)
+        cls = trainer_class(read_config(args.resume))
+        trainer = cls.resume(args.resume, budget=budget, budget_type=budget_type)
         if trainer.main:
             print(f"resuming {args.resume} at step {trainer.step}", file=sys.stderr)
     else:
@@ -185,7 +190,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             stem = Path(config.data.name).stem.replace(".", "_")
             name = args.name or f"{stem}-{config.model.type}-{time.strftime('%Y%m%d-%H%M%S')}"
             run_dir = (args.out or Path("runs")) / name
-        trainer = Trainer(config, run_dir)
+        trainer = trainer_class(config)(config, run_dir)
         trainer.open()  # lock the folder and refuse one holding a run before loading more
     try:
         summary = trainer.train()

@@ -148,7 +148,8 @@ class MethodConfig(_Typed):
 
     Attributes:
         type: matching rule: "imle" (vanilla), "rs" (Rejection-Sampling IMLE) or "adaptive"
-            (Adaptive IMLE); see `imle.matchers`.
+            (Adaptive IMLE), see `imle.matchers`; or "gan", the GAN baseline on the same
+            generator (`imle.baselines.gan`; options there).
         options: the rule's options, e.g. {"epsilon": 3.0} or {"epsilon_nn_frac": 0.5,
             "adaptive": true} for "rs", {"staleness": 7, "force": 30, "gamma": 0.04} for
             "adaptive".
@@ -303,9 +304,14 @@ class TrainConfig(_Typed):
              f"method.pool_multiplier must be > 0, got {m.pool_multiplier}")
         need(m.refresh_epochs > 0, f"method.refresh_epochs must be > 0, got {m.refresh_epochs}")
         need(m.latent_noise >= 0, "method.latent_noise must be >= 0")
-        need(m.type in MATCHERS,
-             f"method.type={m.type!r} is unknown; choose one of {sorted(MATCHERS)}")
-        MATCHERS[m.type].validate_options(m.options)
+        need(m.type in MATCHERS or m.type == "gan",
+             f"method.type={m.type!r} is unknown; choose one of {sorted(MATCHERS) + ['gan']}")
+        if m.type == "gan":
+            from imle.baselines.gan import validate_gan_options
+
+            validate_gan_options(m.options)
+        else:
+            MATCHERS[m.type].validate_options(m.options)
         for key, name, opts in (("distance", m.distance, m.distance_options),
                                 ("loss", m.loss, m.loss_options)):
             if name is None and key == "loss":
@@ -478,4 +484,17 @@ def paper_config() -> TrainConfig:
     )
 
 
-PRESETS = {"default": TrainConfig, "paper": paper_config}
+def gan_config() -> TrainConfig:
+    """The GAN baseline's configuration: the default run with ``method.type="gan"`` and the
+    optimiser a GAN needs (Adam 2e-4, betas 0.5 / 0.99, constant rate; discriminator at 2x the
+    rate with spectral norm and R1, see `imle.baselines.gan.GAN_OPTIONS`)."""
+    return TrainConfig(
+        method=MethodConfig(type="gan", subset_size=None, recall_sample=0),
+        optim=OptimConfig(type="adam", lr=2e-4, beta1=0.5, beta2=0.99, lr_schedule="constant",
+                          ema_decay=0.999),
+    )
+
+
+PRESETS = {"default": TrainConfig, "paper": paper_config, "gan": gan_config}
+#: The preset ``imle train --method TYPE`` starts from when no --preset / --config is given.
+METHOD_PRESETS = {"gan": "gan"}

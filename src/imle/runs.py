@@ -50,7 +50,17 @@ def build_method(config: TrainConfig, sample_shape: tuple[int, ...],
                                                         tuple(cond_shape), m.width)
             else:
                 generator = build_generator(m.type, m.latent_dim, sample_shape, m.width)
-    if config.data.task:
+    if config.method.type == "gan":
+        from imle.baselines.gan import GAN
+
+        if config.data.task:
+            raise ConfigError("method.type='gan' is unconditional; leave data.task empty")
+        method = GAN(generator, m.latent_dim, sample_shape, config.method.options,
+                     g_lr=config.optim.lr, beta2=config.optim.beta2,
+                     ema_decay=config.optim.ema_decay, width=m.width,
+                     pool_batch_size=config.method.pool_batch_size,
+                     pool_precision=config.method.pool_precision)
+    elif config.data.task:
         method = ConditionalIMLE.from_config(config.method, generator, m.latent_dim,
                                              ema_decay=config.optim.ema_decay,
                                              cond_shape=tuple(cond_shape))
@@ -93,7 +103,9 @@ def condition_shape_of(run_dir: str | Path) -> tuple[int, ...] | None:
 def weight_files(config: TrainConfig) -> tuple[str, ...]:
     """The weight files every checkpoint and snapshot of a run with this config holds."""
     ema = config.optim.ema_decay > 0
-    return ("model.safetensors",) + (("ema.safetensors",) if ema else ())
+    gan = config.method.type == "gan"
+    return (("model.safetensors",) + (("ema.safetensors",) if ema else ())
+            + (("discriminator.safetensors",) if gan else ()))
 
 
 def check_checkpoint_config(folder: Path, config: TrainConfig) -> None:

@@ -309,13 +309,18 @@ class Trainer:
         if not self.main:
             return None
         self.open()
+        return write_checkpoint(self.run_dir / "checkpoints", self.step, self._weights(),
+                                self._state(), self.config.keep_checkpoints,
+                                config=self.config.to_dict())
+
+    save_checkpoint = checkpoint
+
+    def _weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The weight files of a checkpoint or snapshot, by stem (see `weight_files`)."""
         weights = {"model": self.method.generator.state_dict()}
         if self.method.ema is not None:
             weights["ema"] = self.method.ema.state_dict()
-        return write_checkpoint(self.run_dir / "checkpoints", self.step, weights, self._state(),
-                                self.config.keep_checkpoints, config=self.config.to_dict())
-
-    save_checkpoint = checkpoint
+        return weights
 
     def _load(self, folder: Path) -> None:
         state = load_state(folder)
@@ -524,9 +529,8 @@ class Trainer:
             return
         meta = {"step": str(self.step), "elapsed_s": f"{self.elapsed:.1f}",
                 "cpu_s": f"{self.cpu_elapsed:.1f}"}
-        blobs = {"model.safetensors": weights_bytes(self.method.generator.state_dict(), meta)}
-        if self.method.ema is not None:
-            blobs["ema.safetensors"] = weights_bytes(self.method.ema.state_dict(), meta)
+        blobs = {f"{stem}.safetensors": weights_bytes(w, meta)
+                 for stem, w in self._weights().items()}
         self.open()
         write_folder(self.run_dir / "snapshots" / f"min-{mark:g}", blobs,
                      {"kind": "snapshot", "step": self.step, "config": self.config.to_dict(),

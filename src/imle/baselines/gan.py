@@ -1,0 +1,176 @@
+"""A GAN baseline on the same generators: ``method.type = "gan"`` (``imle train --method gan``).
+
+The generator is any `imle.nets` generator; the discriminator (`build_discriminator`) is a
+convolutional or fully connected network of comparable size. Training uses the non-saturating
+loss (Goodfellow et al. 2014) with the stabilisers practitioners use: spectral normalisation of
+the discriminator (Miyato et al. 2018), the R1 gradient penalty on real data (Mescheder et al.
+2018) and two time-scale learning rates (Heusel et al. 2017). `GAN` hosts the generator, its EMA
+and sampling exactly as `imle.IMLE` does, so every evaluation and sampling command works on a
+GAN run unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imle.distances import check_options
+from imle.errors import ConfigError
+from imle.method import IMLE
+
+#: The GAN's options (``method.options``) and their defaults.
+GAN_OPTIONS: dict[str, Any] = {
+    "d_lr": None,           # discriminator learning rate; None: 2x the generator's (TTUR)
+    "d_beta1": 0.0,         # discriminator Adam beta1 (beta2 is optim.beta2)
+    "d_steps": 1,           # discriminator steps per generator step (> 1: a stronger critic)
+    "r1_gamma": 1.0,        # weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 (0: off)
+    "spectral_norm": True,  # spectral normalisation of every discriminator layer
+    "d_width": None,        # discriminator base width; None: the generator's (model.width)
+    "loss": "non-saturating",  # "non-saturating" or "saturating" (the minimax loss of G)
+}
+
+
+def validate_gan_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The options with defaults filled in; raises ConfigError naming a bad one."""
+    o = check_options("method gan", GAN_OPTIONS, options)
+    if o["d_lr"] is not None and not (isinstance(o["d_lr"], (int, float)) and o["d_lr"] > 0):
+        raise ConfigError(f"method option d_lr must be > 0 or null, got {o['d_lr']!r}")
+    if not (isinstance(o["d_steps"], int) and o["d_steps"] >= 1):
+        raise ConfigError(f"method option d_steps must be an int >= 1, got {o['d_steps']!r}")
+    if not (isinstance(o["r1_gamma"], (int, float)) and o["r1_gamma"] >= 0):
+        raise ConfigError(f"method option r1_gamma must be >= 0, got {o['r1_gamma']!r}")
+    if not (isinstance(o["d_beta1"], (int, float)) and 0 <= o["d_beta1"] < 1):
+        raise ConfigError(f"method option d_beta1 must be in [0, 1), got {o['d_beta1']!r}")
+    if o["loss"] not in ("non-saturating", "saturating"):
+        raise ConfigError(f"method option loss must be 'non-saturating' or 'saturating', got "
+                          f"{o['loss']!r}")
+    if o["d_width"] is not None and not (isinstance(o["d_width"], int) and o["d_width"] >= 1):
+        raise ConfigError(f"method option d_width must be an int >= 1 or null, got "
+                          f"{o['d_width']!r}")
+    return o
+
+
+def build_discriminator(sample_shape: tuple[int, ...], width: int | None = None,
+                        spectral_norm: bool = True) -> nn.Module:
+    """A discriminator for samples of ``sample_shape``, mapping (B, *sample_shape) to (B,) logits.
+
+    Images (C, H, W): stride-2 4x4 convolutions with LeakyReLU(0.2), channels width, 2 width,
+    4 width, ... until the map is at most 4x4, then a linear layer (no normalisation layers:
+    spectral norm and R1 replace them). Other shapes: an MLP with two hidden layers of ``width``
+    units (default 512).
+    """
+    sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+    layers: list[nn.Module] = []
+    if len(sample_shape) == 3:
+        c, h, w = sample_shape
+        ch, size = width or 64, max(h, w)
+        while size > 4:
+            layers += [sn(nn.Conv2d(c, ch, 4, 2, 1)), nn.LeakyReLU(0.2)]
+            c, size, h, w = ch, size // 2, h // 2, w // 2
+            ch *= 2
+        layers += [nn.Flatten(), sn(nn.Linear(c * h * w, 1))]
+    else:
+        dim, hidden = math.prod(sample_shape), width or 512
+        layers += [nn.Flatten(), sn(nn.Linear(dim, hidden)), nn.LeakyReLU(0.2),
+                   sn(nn.Linear(hidden, hidden)), nn.LeakyReLU(0.2), sn(nn.Linear(hidden, 1))]
+    return _Logits(nn.Sequential(*layers))
+
+
+class _Logits(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()
+
+
+class GANObjective:
+    """The discriminator, its optimiser and the losses; a stateful piece of a `GAN` run.
+
+    Its ``state_dict`` holds the discriminator optimiser's state (the discriminator's weights are
+    saved as ``discriminator.safetensors`` beside the generator's)."""
+
+    def __init__(self, discriminator: nn.Module, options: dict[str, Any], g_lr: float,
+                 beta2: float) -> None:
+        self.options = validate_gan_options(options)
+        self.discriminator = discriminator
+        self.base_d_lr = self.options["d_lr"] or 2.0 * g_lr
+        self.g_lr = g_lr
+        self.optimizer = torch.optim.Adam(discriminator.parameters(), lr=self.base_d_lr,
+                                          betas=(self.options["d_beta1"], beta2))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, lr: float
+                           ) -> dict[str, float]:
+        """One discriminator update on real (B, ...) and generated (B, ...) samples.
+
+        Loss: softplus(-D(real)) + softplus(D(fake)), plus gamma / 2 * E ||grad_x D(real)||^2
+        (R1, squared norm summed over the sample's elements)."""
+        o, d = self.options, self.discriminator
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.base_d_lr * lr / self.g_lr  # follows the generator's schedule
+        real = real.detach().requires_grad_(o["r1_gamma"] > 0)
+        d_real, d_fake = d(real), d(fake.detach())
+        loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        r1 = torch.zeros(())
+        if o["r1_gamma"] > 0:
+            (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+            r1 = grad.square().flatten(1).sum(1).mean()
+            loss = loss + 0.5 * o["r1_gamma"] * r1
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss_d": float(loss.detach()), "r1": float(r1.detach()),
+                "d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean())}
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        """Non-saturating -log D(G(z)) = softplus(-D(G(z))), or the minimax log(1 - D(G(z))) =
+        -softplus(D(G(z))) for "saturating"; the mean over the batch."""
+        self.discriminator.requires_grad_(False)
+        try:
+            logits = self.discriminator(fake)
+        finally:
+            self.discriminator.requires_grad_(True)
+        if self.options["loss"] == "saturating":
+            return -F.softplus(logits).mean()
+        return F.softplus(-logits).mean()
+
+
+class GAN(IMLE):
+    """Generator + discriminator trained adversarially; samples like `imle.IMLE`.
+
+    Args:
+        generator: module mapping (B, latent_dim) to samples.
+        latent_dim: dimension of z ~ N(0, I).
+        sample_shape: shape of one sample (for the discriminator).
+        options: see `GAN_OPTIONS`.
+        g_lr, beta2: the generator's optimiser settings (the discriminator's learning rate is
+            relative to ``g_lr``).
+        ema_decay: EMA of the generator's weights used by `sample` (0: off).
+        width: the generator's width, the discriminator's default width.
+    """
+
+    def __init__(self, generator: nn.Module, latent_dim: int, sample_shape: tuple[int, ...],
+                 options: dict[str, Any] | None = None, g_lr: float = 2e-4, beta2: float = 0.99,
+                 ema_decay: float = 0.0, width: int | None = None,
+                 pool_batch_size: int = 512, pool_precision: str = "fp32") -> None:
+        super().__init__(generator, latent_dim, latent_noise=0.0, search_backend="exact",
+                         ema_decay=ema_decay, pool_batch_size=pool_batch_size,
+                         pool_precision=pool_precision)
+        o = validate_gan_options(options)
+        width = o["d_width"] or width
+        self.discriminator = build_discriminator(tuple(sample_shape), width, o["spectral_norm"])
+        self.objective = GANObjective(self.discriminator, o, g_lr, beta2)
+
+    def pieces(self) -> dict[str, Any]:
+        return {"gan": self.objective}
