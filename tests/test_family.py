@@ -297,7 +297,7 @@ def test_lpips_without_weights_names_the_option():
 
 # ---------------------------------------------------------------------------- config and seeds
 @pytest.mark.parametrize("updates, message", [
-    ({"method.type": "gan"}, "method.type"),
+    ({"method.type": "vae"}, "method.type"),
     ({"method.options": {"epsilon": "big"}}, "epsilon"),
     ({"method.options": {"epsilom": 1.0}}, "epsilom"),
     ({"method.distance": "ssim"}, "method.distance"),

@@ -268,7 +268,7 @@ def test_bad_inputs() -> None:
     with pytest.raises(ConfigError, match="k="):
         search(q, p, k=21)
     with pytest.raises(ConfigError, match="unknown backend"):
-        Searcher(backend="dci")
+        Searcher(backend="annoy")
     with pytest.raises(ConfigError, match="unknown knn options"):
         Searcher(rerankk=3)
     with pytest.raises(ConfigError, match="l1"):

@@ -164,7 +164,9 @@ class MethodConfig(_Typed):
             (the reference code). A random subset is drawn each outer iteration otherwise.
         pool_multiplier: pool size m = pool_multiplier * |S| (reference: 10).
         refresh_epochs: L expressed in epochs over S between pool refreshes (reference: 5).
-        latent_noise: std of Gaussian noise added to matched latents at each SGD step.
+        latent_noise: std of Gaussian noise added to matched latents.
+        latent_noise_at: "step" (fresh noise at every SGD step) or "refresh" (drawn once per
+            refresh, the reference code's rule).
         search_backend: `imle.knn` backend ("auto", "exact", "projected", "faiss", "dci").
         search_options: extra keyword options for the search backend.
         recall_sample: queries on which the search's recall@1 is measured against exact
@@ -173,7 +175,11 @@ class MethodConfig(_Typed):
             included.
         pool_batch_size: generator batch size when drawing the pool (bounds memory; a few
             hundred keeps each batch in cache on CPUs).
-        pool_precision: "fp32" or "bf16" for pool generation and storage.
+        pool_precision: "fp32", "bf16" or "auto" (bf16 where bf16 matmuls are native: CUDA,
+            or a CPU with AVX-512 BF16 / AMX; fp32 elsewhere) for pool generation and storage.
+        pool_train_mode: draw pools with the generator in training mode (BatchNorm uses each
+            pool batch's statistics and updates its running ones, as the reference code does);
+            default eval mode.
         train_precision: "fp32" or "bf16": autocast of the generator in the SGD steps (weights,
             gradients, Adam state and loss stay fp32).
     """
@@ -188,12 +194,14 @@ class MethodConfig(_Typed):
     pool_multiplier: float = 10.0
     refresh_epochs: float = 2.5
     latent_noise: float = 0.01
+    latent_noise_at: str = "step"
     search_backend: str = "auto"
     search_options: dict = field(default_factory=dict)
     recall_sample: int = 256
     recall_every_outer: int = 10
     pool_batch_size: int = 512
-    pool_precision: str = "bf16"
+    pool_precision: str = "auto"
+    pool_train_mode: bool = False
     train_precision: str = "fp32"
 
 
@@ -212,6 +220,10 @@ class OptimConfig(_Typed):
         warmup_steps: linear warm-up steps.
         ema_decay: exponential moving average of the weights used for sampling (0: off).
         grad_clip: clip the global gradient norm (0: off).
+        restart_every_epochs: reset the optimiser's state (as re-creating it would) every this
+            many epochs, checked at pool refreshes (reference code: 25; 0: never).
+        shuffle: "every_pass" (a new order of S for every pass) or "once" (one order, kept:
+            the reference code's fixed batches).
     """
 
     type: str = "adam"
@@ -225,6 +237,8 @@ class OptimConfig(_Typed):
     warmup_steps: int = 0
     ema_decay: float = 0.999
     grad_clip: float = 0.0
+    restart_every_epochs: float = 0.0
+    shuffle: str = "every_pass"
 
 
 @dataclass(frozen=True)
@@ -327,8 +341,8 @@ class TrainConfig(_Typed):
         need(m.recall_sample >= 0, "method.recall_sample must be >= 0")
         need(m.recall_every_outer >= 1, "method.recall_every_outer must be >= 1")
         need(m.pool_batch_size >= 1, "method.pool_batch_size must be >= 1")
-        need(m.pool_precision in ("fp32", "bf16"),
-             f"method.pool_precision={m.pool_precision!r}; choose 'fp32' or 'bf16'")
+        need(m.pool_precision in ("fp32", "bf16", "auto"),
+             f"method.pool_precision={m.pool_precision!r}; choose 'fp32', 'bf16' or 'auto'")
         need(m.train_precision in ("fp32", "bf16"),
              f"method.train_precision={m.train_precision!r}; choose 'fp32' or 'bf16'")
         need(o.type in ("adam", "adamw"), f"optim.type={o.type!r}; choose 'adam' or 'adamw'")
@@ -341,6 +355,11 @@ class TrainConfig(_Typed):
         need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
         need(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
         need(o.grad_clip >= 0, "optim.grad_clip must be >= 0")
+        need(o.restart_every_epochs >= 0, "optim.restart_every_epochs must be >= 0 (0: never)")
+        need(o.shuffle in ("every_pass", "once"),
+             f"optim.shuffle={o.shuffle!r}; choose 'every_pass' or 'once'")
+        need(m.latent_noise_at in ("step", "refresh"),
+             f"method.latent_noise_at={m.latent_noise_at!r}; choose 'step' or 'refresh'")
         need(self.budget_type in ("minutes", "cpu_minutes", "epochs", "steps", "outer"),
              f"budget_type={self.budget_type!r}; choose minutes, cpu_minutes, epochs, steps "
              "or outer")
@@ -484,6 +503,30 @@ def paper_config() -> TrainConfig:
     )
 
 
+def reference_config() -> TrainConfig:
+    """The authors' public reference code (``imle.py``, Li & Malik 2018) as a config.
+
+    Its convolutional generator with BatchNorm (`imle.nets.ReferenceConvGenerator`), z of 64, all
+    60,000 MNIST training images in one fixed shuffled order, m = 10 N samples drawn in batches
+    of 64 with the network in training mode every 5 epochs, matched by Prioritized DCI with the
+    code's parameters; latent noise 0.01 added once per refresh; ``nn.MSELoss`` (mean over
+    pixels); Adam 1e-3, betas (0.5, 0.999), L2 weight decay 1e-5, re-created every 25 epochs;
+    batch 64; no EMA, no schedule, fp32.
+    """
+    return TrainConfig(
+        data=DataConfig(name="mnist", split="train-full"),
+        model=ModelConfig(type="reference-conv28", latent_dim=64),
+        method=MethodConfig(subset_size=None, pool_multiplier=10.0, refresh_epochs=5.0,
+                            latent_noise=0.01, latent_noise_at="refresh", loss="mse",
+                            search_backend="dci", pool_batch_size=64, pool_precision="fp32",
+                            pool_train_mode=True, recall_sample=0),
+        optim=OptimConfig(type="adam", lr=1e-3, beta1=0.5, beta2=0.999, weight_decay=1e-5,
+                          batch_size=64, lr_schedule="constant", ema_decay=0.0,
+                          restart_every_epochs=25.0, shuffle="once"),
+        budget_type="epochs", budget=10.0,
+    )
+
+
 def gan_config() -> TrainConfig:
     """The GAN baseline's configuration: the default run with ``method.type="gan"`` and the
     optimiser a GAN needs (Adam 2e-4, betas 0.5 / 0.99, constant rate; discriminator at 2x the
@@ -495,6 +538,7 @@ def gan_config() -> TrainConfig:
     )
 
 
-PRESETS = {"default": TrainConfig, "paper": paper_config, "gan": gan_config}
+PRESETS = {"default": TrainConfig, "paper": paper_config, "reference": reference_config,
+           "gan": gan_config}
 #: The preset ``imle train --method TYPE`` starts from when no --preset / --config is given.
 METHOD_PRESETS = {"gan": "gan"}

@@ -165,6 +165,15 @@ class L2Distance(_PixelDistance):
         return _sq_sum(y - x)
 
 
+@register_distance("mse")
+class MSEDistance(_PixelDistance):
+    """Mean over dims of (x - y)^2: squared Euclidean / D (``nn.MSELoss`` per sample); matching
+    by it is matching by "l2", as a loss it is the reference code's."""
+
+    def pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _sq_sum(y - x) / x[0].numel()
+
+
 @register_distance("l1")
 class L1Distance(_PixelDistance):
     """L1 distance between flattened samples: sum over dims of |x - y| (not squared)."""

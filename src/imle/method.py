@@ -23,6 +23,7 @@ from imle.distances import Distance, build_distance
 from imle.errors import ConfigError, ShapeError
 from imle.knn import Searcher
 from imle.knn import search as knn_search
+from imle.knn._kernels import native_bf16
 from imle.matchers import Matcher, build_matcher
 
 # Latents are drawn in fixed chunks, each from its own seed, so a pool is the same whatever the
@@ -93,12 +94,16 @@ class IMLE(nn.Module):
         loss: distance whose ``pair`` is the training loss; None: the matching distance.
         loss_options: its options.
         pool_multiplier: pool size m = pool_multiplier * (number of examples matched).
-        latent_noise: std of Gaussian noise added to matched latents in `forward` (reference
-            code: 0.01).
+        latent_noise: std of Gaussian noise added to matched latents (reference code: 0.01).
+        latent_noise_at: "step": fresh noise in every `forward`; "refresh": noise drawn once
+            by `match` and added to the latents it returns (the reference code's rule).
         search_backend: `imle.knn` backend name.
         search_options: keyword options for that backend.
         pool_batch_size: generator batch size when drawing a pool; bounds memory.
-        pool_precision: "fp32" or "bf16" (autocast for generation, bf16 storage of the pool).
+        pool_precision: "fp32", "bf16" (autocast for generation, bf16 storage of the pool) or
+            "auto" (bf16 where bf16 matmuls are native, `imle.knn._kernels.native_bf16`).
+        pool_train_mode: draw pools with the generator in training mode (BatchNorm then uses
+            each pool batch's statistics and updates its running ones).
         train_precision: "fp32" or "bf16": bf16 autocast of the generator in `forward` (weights,
             gradients, optimiser state and the loss stay fp32).
         ema_decay: if > 0, keep an exponential moving average of the generator for `sample`.
@@ -115,20 +120,25 @@ class IMLE(nn.Module):
                  distance: str | Distance = "l2", distance_options: dict | None = None,
                  loss: str | Distance | None = None, loss_options: dict | None = None,
                  pool_multiplier: float = 10.0, latent_noise: float = 0.01,
+                 latent_noise_at: str = "step",
                  search_backend: str = "auto", search_options: dict | None = None,
                  pool_batch_size: int = 512, pool_precision: str = "fp32",
+                 pool_train_mode: bool = False,
                  train_precision: str = "fp32", ema_decay: float = 0.0) -> None:
         super().__init__()
         if latent_dim < 1:
             raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}")
         if pool_multiplier <= 0:
             raise ConfigError(f"pool_multiplier must be > 0, got {pool_multiplier}")
-        if pool_precision not in ("fp32", "bf16"):
-            raise ConfigError(f"pool_precision={pool_precision!r}; choose 'fp32' or 'bf16'")
+        if pool_precision not in ("fp32", "bf16", "auto"):
+            raise ConfigError(f"pool_precision={pool_precision!r}; choose 'fp32', 'bf16' or "
+                              "'auto'")
         if train_precision not in ("fp32", "bf16"):
             raise ConfigError(f"train_precision={train_precision!r}; choose 'fp32' or 'bf16'")
         if not 0 <= ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if latent_noise_at not in ("step", "refresh"):
+            raise ConfigError(f"latent_noise_at={latent_noise_at!r}; choose 'step' or 'refresh'")
         self.generator = generator
         self.latent_dim = latent_dim
         self.matcher = build_matcher(type, options)
@@ -137,6 +147,8 @@ class IMLE(nn.Module):
                               else build_distance(loss or self.distance.name, loss_options))
         self.pool_multiplier = pool_multiplier
         self.latent_noise = latent_noise
+        self.latent_noise_at = latent_noise_at
+        self.pool_train_mode = pool_train_mode
         self.pool_batch_size = pool_batch_size
         self.pool_precision = pool_precision
         self.train_precision = train_precision
@@ -231,10 +243,11 @@ class IMLE(nn.Module):
             conditions: (m, *cond_shape), row j for latent j (conditional generators only).
 
         Returns:
-            (m, *sample_shape) float32, or bfloat16 when pool_precision is "bf16".
+            (m, *sample_shape) float32, or bfloat16 when pools are drawn in bf16
+            (`pool_bf16`).
         """
         module = self.generator if module is None else module
-        bf16 = self.pool_precision == "bf16"
+        bf16 = self.pool_bf16
         out = None
         for lo in range(0, latents.shape[0], self.pool_batch_size):
             z = latents[lo:lo + self.pool_batch_size].to(self.device)
@@ -249,13 +262,20 @@ class IMLE(nn.Module):
             return torch.empty((0, *self.sample_shape), device=self.device)
         return out
 
+    @property
+    def pool_bf16(self) -> bool:
+        """Whether pools are drawn in bf16 (``pool_precision``, "auto" resolved here)."""
+        if self.pool_precision == "auto":
+            return native_bf16(self.device)
+        return self.pool_precision == "bf16"
+
     def generate_pool(self, num: int, seed: int, start: int = 0,
                       conditions: torch.Tensor | None = None) -> Pool:
         """Draws pool rows [start, start + num): latents and flattened samples (m, D)
         (``conditions``: one row per pool row, for conditional generators)."""
         latents = self.draw_latents(num, seed, start)
         was_training = self.generator.training
-        self.generator.eval()
+        self.generator.train(self.pool_train_mode)
         samples = self.generate(latents, conditions=conditions)
         self.generator.train(was_training)
         return Pool(latents, samples.flatten(1))
@@ -407,10 +427,15 @@ class IMLE(nn.Module):
             stats.update(pool_s=t2 - t1, features_s=t3 - t2, reject_s=t4 - t3,
                          search_s=time.perf_counter() - t4, pool_size=m,
                          rejected_frac=getattr(rule, "last_rejected", 0.0),
+                         pool_precision="bf16" if self.pool_bf16 else "fp32",
                          search_backend=result_stats.get("backend"))
             stats.update({k: v for k, v in result_stats.items() if isinstance(v, (int, float))})
-        return Matches(rule.latents[ids].to(self.device), indices, rule.matched_dist[ids].clone(),
-                       selected, stats)
+        latents = rule.latents[ids].to(self.device)
+        if self.latent_noise > 0 and self.latent_noise_at == "refresh":
+            g = torch.Generator().manual_seed(mix_seed(seed, -1))
+            noise = torch.randn(latents.shape, generator=g)
+            latents = latents + self.latent_noise * noise.to(latents.device)
+        return Matches(latents, indices, rule.matched_dist[ids].clone(), selected, stats)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
@@ -444,7 +469,7 @@ class IMLE(nn.Module):
                 f"latents must have shape ({x.shape[0]}, {self.latent_dim}) to match x; "
                 f"got {tuple(z.shape)}"
             )
-        if self.latent_noise > 0:
+        if self.latent_noise > 0 and self.latent_noise_at == "step":
             if noise is None:
                 noise = torch.randn(z.shape, generator=generator, device="cpu")
             elif noise.shape != z.shape:

@@ -116,8 +116,8 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
     1.5x faster on the 2-core CPU (``benchmarks/step_cost_bench.py``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, 4, 2, 1)
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 4, 2, 1, bias=bias)
         self.register_buffer("taps", _subpixel_taps().flatten(), persistent=False)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
@@ -206,6 +206,41 @@ class ResConvGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(self.fc(z).view(z.shape[0], -1, 7, 7))
+
+
+class ReferenceConvGenerator(nn.Module):
+    """The IMLE reference code's MNIST generator (Li & Malik 2018, ``imle.py``).
+
+    z (B, latent_dim) as (B, latent_dim, 1, 1) -> ConvTranspose 1x1 to 1024 ch -> 7x7 to 128 ch
+    -> 4x4 stride 2 to 64 ch (14x14) -> 4x4 stride 2 to 1 ch (28x28); no biases, BatchNorm after
+    every transposed convolution, ReLU between them and a sigmoid at the end. BatchNorm makes a
+    sample depend on its batch in training mode (the reference code draws its pools so). The
+    last layer is computed in the sub-pixel form (`SubpixelConvTranspose2d`, same parameters).
+    """
+
+    def __init__(self, latent_dim: int, channels: int = 1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(latent_dim, 1024, 1, 1, bias=False), nn.BatchNorm2d(1024),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(1024, 128, 7, 1, bias=False), nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            SubpixelConvTranspose2d(64, channels, bias=False), nn.BatchNorm2d(channels),
+            nn.Sigmoid())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+@register_generator("reference-conv28")
+def _reference_conv28(latent_dim: int, sample_shape: tuple[int, ...],
+                      width: int | None) -> nn.Module:
+    if width is not None:
+        raise ConfigError("model.width is fixed for 'reference-conv28' (the reference code's "
+                          "1024/128/64 channels); leave it null")
+    return ReferenceConvGenerator(latent_dim, _need_image("reference-conv28", sample_shape, 28))
 
 
 @register_generator("resconv28")

@@ -14,7 +14,7 @@ import math
 import signal
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,7 @@ class LoopState:
         log_lines: records in ``log.jsonl`` (a resume cuts the log back to this many).
         logged_outer: the outer iteration of the last record (a run that finished and is
             extended does not log its last outer iteration twice).
+        optimizer_restarts: optimiser resets done (``optim.restart_every_epochs``).
     """
 
     step: int = 0
@@ -124,6 +125,7 @@ class LoopState:
     snapshots_done: list = field(default_factory=list)
     log_lines: int = 0
     logged_outer: int = -1
+    optimizer_restarts: int = 0
 
 
 class FollowerLock:
@@ -390,6 +392,10 @@ class Trainer:
         """
         st, m = self.state, self.config.method
         n = self.data.shape[0]
+        every = self.config.optim.restart_every_epochs
+        if every > 0 and int(st.examples_seen / n // every) > st.optimizer_restarts:
+            self.optimizer.state.clear()  # what re-creating the optimiser would do
+            st.optimizer_restarts = int(st.examples_seen / n // every)
         if self.subset_size < n:
             st.subset = torch.randperm(n, generator=self.data_rng)[:self.subset_size]
         else:
@@ -421,7 +427,8 @@ class Trainer:
         st = self.state
         bs = min(self.config.optim.batch_size, self.subset_size)
         if st.perm_pos + bs > st.perm.numel():
-            st.perm = torch.randperm(self.subset_size, generator=self.data_rng)
+            if self.config.optim.shuffle == "every_pass" or st.perm.numel() != self.subset_size:
+                st.perm = torch.randperm(self.subset_size, generator=self.data_rng)
             st.perm_pos = 0
         idx = st.perm[st.perm_pos:st.perm_pos + bs]
         st.perm_pos += bs
@@ -436,7 +443,7 @@ class Trainer:
         idx = self._next_batch()
         # Every process draws the whole batch's noise and takes its own rows of the batch.
         noise = None
-        if self.method.latent_noise > 0:
+        if self.method.latent_noise > 0 and self.method.latent_noise_at == "step":
             noise = torch.randn((idx.numel(), self.method.latent_dim), generator=self.noise_rng)
         w, r = dist.world_size(), dist.rank()
         part = slice(r * idx.numel() // w, (r + 1) * idx.numel() // w)
@@ -639,12 +646,16 @@ class Trainer:
                     desc=f"imle {self.run_dir.name}", unit="‰", dynamic_ncols=True)
 
     # --------------------------------------------------------------------------------- loop
-    def train(self, until_step: int | None = None) -> dict[str, Any]:
+    def train(self, until_step: int | None = None,
+              after_step: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
         """Trains until the budget is spent, SIGINT/SIGTERM arrives, or `until_step` is reached.
 
         Args:
             until_step: pause (checkpoint and return, as on a signal) once this many SGD steps
                 are done; the budget and learning-rate schedule are unaffected.
+            after_step: called with the trainer after every SGD step, while the step's
+                gradients are still held (e.g. to record gradient norms); its time counts
+                toward the budget.
 
         Returns:
             Summary with "status" ("finished", "interrupted" or "paused"), "step", "outer",
@@ -665,6 +676,8 @@ class Trainer:
                             last_record = self._end_outer()
                         self.refresh()
                     loss = self.sgd_step()
+                    if after_step is not None:
+                        after_step(self)
                     self._advance_clocks(time.perf_counter() - t0, time.process_time() - c0)
                     mark = self._snapshot_due()
                     if mark is not None:

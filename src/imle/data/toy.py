@@ -3,6 +3,7 @@ Lin et al. 2018).
 
 * ``ring8``: 8 Gaussians with centres evenly spaced on a circle of radius 2, std 0.02.
 * ``grid25``: 25 Gaussians with centres on the grid {-4, -2, 0, 2, 4}², std 0.05.
+* ``pacgan-ring8``: the PacGAN paper's ring: 8 Gaussians on a circle of radius 1, std 0.01.
 
 Every component has equal weight. ``x`` is (N, 2) float32 (not images); ``labels`` is the index
 of the component that produced each point. Splits are independent draws, deterministic given
@@ -40,9 +41,10 @@ def _grid_centers(values: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)) -> to
 
 
 #: (K, 2) float64 centres of each mixture.
-CENTERS: dict[str, torch.Tensor] = {"ring8": _ring_centers(), "grid25": _grid_centers()}
+CENTERS: dict[str, torch.Tensor] = {"ring8": _ring_centers(), "grid25": _grid_centers(),
+                                    "pacgan-ring8": _ring_centers(radius=1.0)}
 #: Per-coordinate standard deviation of each component.
-STDS: dict[str, float] = {"ring8": 0.02, "grid25": 0.05}
+STDS: dict[str, float] = {"ring8": 0.02, "grid25": 0.05, "pacgan-ring8": 0.01}
 
 #: The names the mode metrics use: ``centers[name]`` (K, 2) and ``std[name]``.
 centers = CENTERS
@@ -50,7 +52,7 @@ std = STDS
 
 
 def mixture(name: str) -> tuple[torch.Tensor, float]:
-    """(centres (K, 2) float64, std) of "ring8" or "grid25"."""
+    """(centres (K, 2) float64, std) of "ring8", "grid25" or "pacgan-ring8"."""
     if name not in CENTERS:
         raise DataError(f"unknown mixture {name!r}; choose one of {sorted(CENTERS)}")
     return CENTERS[name], STDS[name]
@@ -93,4 +95,4 @@ def _loader(name: str):
     return load
 
 
-DATASETS = {"ring8": _loader("ring8"), "grid25": _loader("grid25")}
+DATASETS = {name: _loader(name) for name in CENTERS}

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 #: elements (query, candidate point) handled at once; bounds temporaries to a few hundred MB.
-ELEMENT_BUDGET = 1_000_000
+ELEMENT_BUDGET = 400_000
 
 
 @dataclass
@@ -81,6 +81,13 @@ class Index:
     key_range: float
     num_comp: int
     num_simp: int
+
+    @property
+    def proj_t(self) -> torch.Tensor:
+        """(num_indices, m) contiguous transpose of ``proj``."""
+        if getattr(self, "_proj_t", None) is None:
+            self._proj_t = self.proj.T.contiguous()
+        return self._proj_t
 
     @property
     def span(self) -> float:
@@ -209,25 +216,23 @@ def _search_chunk(index: Index, level: Level, q: torch.Tensor, qp: torch.Tensor,
     e_q = seg // f
     e_x = level.members[e_pos]
     num_comp, num_simp = index.num_comp, index.num_simp
-    qpe = qp[e_q]
-    t = (index.proj[e_x] - qpe).abs_().view(-1, num_comp, num_simp).amax(2)  # (E, C)
+    # (num_indices, E) layout: every per-index row below is contiguous.
+    local = qp.T[:, e_q] - index.key_min  # the query's projections, relative to the keys' origin
+    t = (index.proj_t[:, e_x] - index.key_min - local).abs_()
+    t = t.view(num_comp, num_simp, -1).amax(1)  # (C, E): t_c(x) = max_s |d_s(x)|
     # Slack so that a point's own key, at distance exactly t, is counted despite rounding.
-    eps = 1e-9 * index.span
+    t = t.add_(1e-9 * index.span).repeat_interleave(num_simp, 0)
     offset = gid[seg].double() * index.span
     r = index.key_range
-    visits = torch.zeros((len(seg), num_comp), dtype=torch.long, device=dev)
-    for c in range(num_comp):
-        tc = t[:, c] + eps
-        for s in range(num_simp):
-            h = c * num_simp + s
-            # The window [qp - t, qp + t], clamped to the group's key range.
-            local = qpe[:, h] - index.key_min
-            lo = (local - tc).clamp_(-0.5, r + 0.5) + offset
-            hi = (local + tc).clamp_(-0.5, r + 0.5) + offset
-            keys = level.keys[h]
-            visits[:, c] += (torch.searchsorted(keys, hi, right=True)
-                             - torch.searchsorted(keys, lo, right=False))
-    done_at = visits.amin(1) - 1  # iteration at which the point became a candidate
+    # The window [qp - t, qp + t] of every simple index, clamped to the group's key range.
+    hi = (local + t).clamp_(-0.5, r + 0.5).add_(offset)
+    lo = local.sub_(t).clamp_(-0.5, r + 0.5).add_(offset)
+    del t
+    counts = torch.searchsorted(level.keys, hi, right=True)
+    counts -= torch.searchsorted(level.keys, lo, right=False)
+    del hi, lo
+    visits = counts.view(num_comp, num_simp, -1).sum(1)  # (C, E): P_c(x)
+    done_at = visits.amin(0) - 1  # iteration at which the point became a candidate
     # Per segment: the iteration K* after which the walk stops (see the module docstring).
     order = torch.argsort(seg * (int(done_at.max()) + 2) + done_at)
     sorted_done = done_at[order]

@@ -33,6 +33,7 @@ METRICS = ("l2", "l1", "cosine")
 DEFAULT_OPTIONS: dict[str, Any] = {
     # exact
     "precision": "auto",        # "auto" | "fp32" | "bf16": dtype of the exact backend's scan
+                                # (auto: bf16 on large problems where bf16 is native)
     "candidates": 32,           # candidates kept per query by a bf16 scan before fp32 re-rank
     "prune": "auto",            # "auto" | "pca" | "none": certified PCA pruning in exact search
     "prune_dim": 128,           # PCA dimension of the pruning bound (doubled once if too loose)
@@ -46,7 +47,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "ivf_lists": 512,           # IVF lists over the projected pool (0: scan the whole pool)
     "ivf_probe": 32,            # IVF lists scanned per query
     "kmeans_iters": 8,          # k-means iterations fitting the IVF centroids (on the queries)
-    "project_precision": "bf16",  # "bf16" | "fp32": matmul dtype projecting the pool
+    "project_precision": "auto",  # "auto" | "bf16" | "fp32": matmul dtype projecting the pool
+                                  # (auto: bf16 where bf16 is native, else fp32)
     # faiss
     "index": "flat",            # "flat" | "ivf" | "hnsw"
     "nlist": 1024,              # IVF lists
@@ -179,8 +181,8 @@ class Searcher:
         if o["residual"] is not None and not (isinstance(o["residual"], (int, float))
                                               and 0 <= o["residual"] <= 1):
             raise ConfigError(f"residual must be None or a number in [0, 1], got {o['residual']!r}")
-        if o["project_precision"] not in ("bf16", "fp32"):
-            raise ConfigError("project_precision must be 'bf16' or 'fp32', got "
+        if o["project_precision"] not in ("auto", "bf16", "fp32"):
+            raise ConfigError("project_precision must be 'auto', 'bf16' or 'fp32', got "
                               f"{o['project_precision']!r}")
         if o["index"] not in ("flat", "ivf", "hnsw"):
             raise ConfigError(f"index must be 'flat', 'ivf' or 'hnsw', got {o['index']!r}")
@@ -365,7 +367,8 @@ class Searcher:
         o = self.options
         prec = o["precision"]
         if prec == "auto":
-            prec = "fp32" if n * m * d <= o["auto_exact_flops"] else "bf16"
+            small = n * m * d <= o["auto_exact_flops"]
+            prec = "fp32" if small or not K.native_bf16(q.device) else "bf16"
         if self._use_pruning(n, m, d, q.device, o["precision"]):
             dim = min(o["prune_dim"], d)
             dims = [dim, 2 * dim] if 2 * dim <= d // 4 else [dim]
@@ -487,7 +490,10 @@ class Searcher:
         mu = self._proj_mean.to(q.device)
         comps = self._proj_components.to(q.device)
         dim = comps.shape[1]
-        low = torch.bfloat16 if o["project_precision"] == "bf16" else None
+        pp = o["project_precision"]
+        if pp == "auto":
+            pp = "bf16" if K.native_bf16(q.device) else "fp32"
+        low = torch.bfloat16 if pp == "bf16" else None
         aq = IVF.augment(q, mu, comps, "queries")
         ap = IVF.augment(p, mu, comps, "pool", p_block=512 if low else 4096, low=low)
         bias = None

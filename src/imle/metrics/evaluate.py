@@ -38,7 +38,7 @@ from imle.metrics.prdc import check_prdc_size, prdc
 
 #: Metric groups accepted by :func:`evaluate` and ``imle eval --metrics``.
 METRICS = ("parzen", "fid", "kid", "prdc", "modes", "memorization")
-TOY_DATA = ("ring8", "grid25")
+TOY_DATA = ("ring8", "grid25", "pacgan-ring8")
 DEFAULT_EXTRACTOR = {"mnist": "mnist-cnn", "fashion-mnist": "fashion-mnist-cnn",
                      "stacked-mnist": "mnist-cnn"}
 
