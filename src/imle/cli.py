@@ -132,6 +132,19 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
     sample.add_argument("--device", default="cpu")
     sample.set_defaults(func=_cmd_sample)
 
+    rep = sub.add_parser("reproduce", help="run one experiment of docs/RESULTS.md into a folder")
+    rep.add_argument("name", help="experiment: table, modes, gradients, stability, likelihood, "
+                                  "search, metric, k or cost")
+    rep.add_argument("--out", type=Path, required=True, help="output folder (table.json, "
+                     "table.md, figures, samples, meta.json; runs/ holds the training runs)")
+    rep.add_argument("--quick", action="store_true",
+                     help="a reduced version of the same experiment (under 5 minutes on 2 cores)")
+    rep.add_argument("--scale", type=float, default=1.0,
+                     help="multiply every training budget (e.g. 10 on a GPU)")
+    rep.add_argument("--device", default="cpu", help="cpu or cuda")
+    rep.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    rep.set_defaults(func=_cmd_reproduce)
+
     datasets = sub.add_parser("datasets", help="list the data sets imle can load by name")
     datasets.set_defaults(func=_cmd_datasets)
 
@@ -249,6 +262,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         else:
             save_grid(samples[:64], args.grid, nrow=8)
         print(f"wrote grid {args.grid}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from imle.reproduce import run_experiment
+
+    run_experiment(args.name, args.out, quick=args.quick, scale=args.scale, device=args.device,
+                   threads=args.threads, command="imle " + " ".join(sys.argv[1:]))
+    print((args.out / "table.md").read_text())
     return 0
 
 
