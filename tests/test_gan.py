@@ -38,7 +38,8 @@ def test_r1_and_losses_match_their_formulas() -> None:
     """For a linear critic D(x) = w.x + b, grad_x D = w, so R1 = ||w||^2."""
     lin = torch.nn.Linear(3, 1)
     d = torch.nn.Sequential(lin, torch.nn.Flatten(0))
-    obj = GANObjective(d, {"r1_gamma": 2.0, "spectral_norm": False}, g_lr=1e-3, beta2=0.99)
+    obj = GANObjective(d, {"r1_gamma": 2.0, "r1_every": 1, "spectral_norm": False}, g_lr=1e-3,
+                       beta2=0.99)
     real, fake = torch.randn(5, 3), torch.randn(5, 3)
     w = lin.weight.detach().clone()
     expect = (F.softplus(-d(real)).mean() + F.softplus(d(fake)).mean()).item() \
@@ -59,6 +60,23 @@ def test_r1_and_losses_match_their_formulas() -> None:
     assert torch.equal(lin.weight.grad, grad_before)  # the generator's loss leaves D's grads
     assert g_fake.grad is not None and bool(g_fake.grad.abs().sum() > 0)
     assert lin.weight.requires_grad  # and D trains again afterwards
+
+
+def test_lazy_r1_is_applied_every_nth_step_with_that_weight() -> None:
+    lin = torch.nn.Linear(3, 1)
+    d = torch.nn.Sequential(lin, torch.nn.Flatten(0))
+    obj = GANObjective(d, {"r1_gamma": 2.0, "r1_every": 3, "spectral_norm": False}, g_lr=1e-3,
+                       beta2=0.99)
+    real, fake = torch.randn(5, 3), torch.randn(5, 3)
+    losses = []
+    for _ in range(4):
+        w2 = float(lin.weight.detach().square().sum())
+        plain = (F.softplus(-d(real)).mean() + F.softplus(d(fake)).mean()).item()
+        losses.append(obj.discriminator_step(real, fake, lr=1e-3)["loss_d"] - plain)
+        losses[-1] /= w2
+    # Steps 0 and 3 carry 3 x gamma / 2 x R1 = 3 ||w||^2; steps 1 and 2 none.
+    assert losses == pytest.approx([3.0, 0.0, 0.0, 3.0], abs=1e-4)
+    assert obj.state_dict()["d_steps_done"] == 4
 
 
 def test_gan_trains_and_resumes_exactly(tmp_path) -> None:

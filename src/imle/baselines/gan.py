@@ -4,7 +4,8 @@ The generator is any `imle.nets` generator; the discriminator (`build_discrimina
 convolutional or fully connected network of comparable size. Training uses the non-saturating
 loss (Goodfellow et al. 2014) with the stabilisers practitioners use: spectral normalisation of
 the discriminator (Miyato et al. 2018), the R1 gradient penalty on real data (Mescheder et al.
-2018) and two time-scale learning rates (Heusel et al. 2017). `GAN` hosts the generator, its EMA
+2018; applied lazily every few steps as in StyleGAN2) and two time-scale learning rates (Heusel
+et al. 2017). `GAN` hosts the generator, its EMA
 and sampling exactly as `imle.IMLE` does, so every evaluation and sampling command works on a
 GAN run unchanged.
 """
@@ -28,6 +29,7 @@ GAN_OPTIONS: dict[str, Any] = {
     "d_beta1": 0.0,         # discriminator Adam beta1 (beta2 is optim.beta2)
     "d_steps": 1,           # discriminator steps per generator step (> 1: a stronger critic)
     "r1_gamma": 1.0,        # weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 (0: off)
+    "r1_every": 4,          # lazy R1 (StyleGAN2): every this many D steps, weighted by it
     "spectral_norm": True,  # spectral normalisation of every discriminator layer
     "d_width": None,        # discriminator base width; None: the generator's (model.width)
     "loss": "non-saturating",  # "non-saturating" or "saturating" (the minimax loss of G)
@@ -43,6 +45,8 @@ def validate_gan_options(options: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"method option d_steps must be an int >= 1, got {o['d_steps']!r}")
     if not (isinstance(o["r1_gamma"], (int, float)) and o["r1_gamma"] >= 0):
         raise ConfigError(f"method option r1_gamma must be >= 0, got {o['r1_gamma']!r}")
+    if not (isinstance(o["r1_every"], int) and o["r1_every"] >= 1):
+        raise ConfigError(f"method option r1_every must be an int >= 1, got {o['r1_every']!r}")
     if not (isinstance(o["d_beta1"], (int, float)) and 0 <= o["d_beta1"] < 1):
         raise ConfigError(f"method option d_beta1 must be in [0, 1), got {o['d_beta1']!r}")
     if o["loss"] not in ("non-saturating", "saturating"):
@@ -103,34 +107,39 @@ class GANObjective:
         self.g_lr = g_lr
         self.optimizer = torch.optim.Adam(discriminator.parameters(), lr=self.base_d_lr,
                                           betas=(self.options["d_beta1"], beta2))
+        self.d_steps_done = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        return {"optimizer": self.optimizer.state_dict(), "d_steps_done": self.d_steps_done}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        self.d_steps_done = int(state.get("d_steps_done", 0))
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, lr: float
                            ) -> dict[str, float]:
         """One discriminator update on real (B, ...) and generated (B, ...) samples.
 
-        Loss: softplus(-D(real)) + softplus(D(fake)), plus gamma / 2 * E ||grad_x D(real)||^2
-        (R1, squared norm summed over the sample's elements)."""
+        Loss: softplus(-D(real)) + softplus(D(fake)), plus on every ``r1_every``-th step
+        r1_every * gamma / 2 * E ||grad_x D(real)||^2 (lazy R1; squared norm summed over the
+        sample's elements). The returned "r1" is the last computed penalty."""
         o, d = self.options, self.discriminator
         for g in self.optimizer.param_groups:
             g["lr"] = self.base_d_lr * lr / self.g_lr  # follows the generator's schedule
-        real = real.detach().requires_grad_(o["r1_gamma"] > 0)
+        penalise = o["r1_gamma"] > 0 and self.d_steps_done % o["r1_every"] == 0
+        real = real.detach().requires_grad_(penalise)
         d_real, d_fake = d(real), d(fake.detach())
         loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-        r1 = torch.zeros(())
-        if o["r1_gamma"] > 0:
+        if penalise:
             (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+            self.last_r1 = float(grad.detach().square().flatten(1).sum(1).mean())
             r1 = grad.square().flatten(1).sum(1).mean()
-            loss = loss + 0.5 * o["r1_gamma"] * r1
+            loss = loss + 0.5 * o["r1_gamma"] * o["r1_every"] * r1
+        self.d_steps_done += 1
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss_d": float(loss.detach()), "r1": float(r1.detach()),
+        return {"loss_d": float(loss.detach()), "r1": getattr(self, "last_r1", 0.0),
                 "d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean())}
 
     def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:

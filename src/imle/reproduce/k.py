@@ -65,7 +65,7 @@ def train_k(config: TrainConfig, x: torch.Tensor, k: int) -> tuple[Any, int]:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    minutes = ctx.minutes(3.0, 0.3)
+    minutes = ctx.minutes(2.0, 0.3)
     n_samples = ctx.pick(10_000, 2_000)
     ks = ctx.pick([1, 2, 4, 8], [1, 4])
     x = load_dataset("mnist", "train").x[:10_000]

@@ -27,7 +27,7 @@ DISTANCES = {
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    minutes = ctx.minutes(3.0, 0.3)
+    minutes = ctx.minutes(2.0, 0.3)
     n_samples = ctx.pick(10_000, 2_000)
     chosen = DISTANCES if not ctx.quick else {k: DISTANCES[k] for k in ("squared L2", "L1")}
     rows = []

@@ -41,7 +41,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from imle.metrics import load_feature_extractor, mixture_modes, stacked_mnist_modes
 
     seeds = list(range(ctx.pick(10, 2)))
-    minutes = ctx.minutes(0.25, 0.08)
+    minutes = ctx.minutes(0.15, 0.08)
     makers = {"IMLE": lambda d, s: imle_toy(d, minutes, s),
               "RS-IMLE": lambda d, s: imle_toy(d, minutes, s, rule="rs"),
               "GAN": lambda d, s: gan_toy(d, minutes, s)}
@@ -72,7 +72,7 @@ def run(ctx: Context) -> dict[str, Any]:
                          "seeds": len(seeds), "cpu min": minutes})
         scatter_2d(ctx.out / f"{data}.png", panels, np.asarray(centers), ncols=len(panels))
     # Stacked MNIST: one seed per model (the 2-D sets carry the seed spread).
-    sm_minutes = ctx.minutes(4.0, 0.4)
+    sm_minutes = ctx.minutes(3.0, 0.4)
     extractor = load_feature_extractor("mnist-cnn")
     for model, config in (("IMLE", imle_images("stacked-mnist", sm_minutes)),
                           ("GAN", gan_images("stacked-mnist", sm_minutes))):

@@ -66,7 +66,7 @@ class DegradedSearcher(Searcher):
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    minutes = ctx.minutes(3.0, 0.3)
+    minutes = ctx.minutes(2.0, 0.3)
     n_samples = ctx.pick(10_000, 2_000)
     limit = {"data.limit": 10_000}
     setups: dict[str, tuple[dict, Any]] = {

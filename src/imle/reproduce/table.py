@@ -80,7 +80,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from imle.data import load_dataset
 
     n = ctx.pick(10_000, 2_000)
-    b = ctx.minutes(4.0, 0.25)
+    b = ctx.minutes(3.0, 0.25)
     models = {
         "IMLE --preset reference (N=6,000)": preset_images(
             "reference", "mnist", b, **{"data.limit": 6000, "data.split": "train"}),
@@ -94,7 +94,7 @@ def run(ctx: Context) -> dict[str, Any]:
         models = {k: models[k] for k in ("IMLE defaults", "GAN")}
     rows = _mnist_like(ctx, "mnist", models, "mnist-avgcnn", n)
     rows += [{"data": "mnist", "model": f"{m} (published)", "parzen": v} for m, v in PUBLISHED]
-    b2 = ctx.minutes(3.0, 0.2)
+    b2 = ctx.minutes(2.0, 0.2)
     if not ctx.quick:
         rows += _mnist_like(ctx, "fashion-mnist", {
             "IMLE defaults": imle_images("fashion-mnist", b2),

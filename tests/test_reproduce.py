@@ -1,0 +1,59 @@
+"""``imle reproduce``: the registry, an experiment's folder, and the search experiment's degraded
+searcher."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from imle.cli import main
+from imle.errors import ConfigError
+from imle.reproduce import EXPERIMENTS, run_experiment
+from imle.reproduce.search import DegradedSearcher
+
+
+def test_every_experiment_of_the_report_is_registered() -> None:
+    assert set(EXPERIMENTS) == {"table", "modes", "gradients", "stability", "likelihood",
+                                "search", "metric", "k", "cost"}
+    import importlib
+
+    for module, question in EXPERIMENTS.values():
+        assert callable(importlib.import_module(module).run) and question
+
+
+def test_likelihood_quick_writes_its_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "lik"
+    assert main(["reproduce", "likelihood", "--out", str(out), "--quick", "--scale", "0.1"]) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert table["columns"][0] == "family" and len(table["rows"]) == 2 * 3 + 2 * 3
+    assert all(math.isfinite(r["loglik gap"]) and r["loglik gap"] >= -1e-9
+               for r in table["rows"])  # the MLE is the maximum
+    assert (out / "likelihood.png").stat().st_size > 1000
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["quick"] and meta["scale"] == 0.1 and "cpu" in meta["machine"]
+    assert "| family |" in capsys.readouterr().out
+
+
+def test_degraded_searcher_has_the_recall_it_is_given() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, p = torch.rand(4000, 8, generator=g), torch.rand(3000, 8, generator=g)
+    exact = torch.cdist(q, p).argmin(1)
+    for r in (0.9, 0.5):
+        res = DegradedSearcher(r).search(q, p)
+        hit = float((res.indices[:, 0] == exact).float().mean())
+        assert hit == pytest.approx(r, abs=0.03)
+        assert res.stats["recall_at_1"] == pytest.approx(hit, abs=1e-6)
+        true = (q - p[res.indices[:, 0]]).square().sum(1)
+        torch.testing.assert_close(res.distances[:, 0], true)
+    rand = DegradedSearcher(None).search(q, p)
+    assert rand.stats["recall_at_1"] < 0.01
+
+
+def test_unknown_experiment_and_bad_scale_are_refused(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="choose one of"):
+        run_experiment("fid", tmp_path)
+    with pytest.raises(ConfigError, match="scale"):
+        run_experiment("k", tmp_path, scale=0)
