@@ -113,7 +113,8 @@ def read_log(trainer: Any) -> list[dict]:
 
 
 def save_samples(ctx: Context, name: str, samples: torch.Tensor) -> Path:
-    """Writes the scored samples as ``samples/NAME.npy`` (float32)."""
+    """Writes samples as ``samples/NAME.npy`` (float32): all scored samples of the 2-D sets,
+    the first 64 of an image set (the same ones its grid shows)."""
     path = ctx.out / "samples" / f"{name}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, samples.detach().cpu().float().numpy())

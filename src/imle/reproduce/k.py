@@ -77,7 +77,7 @@ def run(ctx: Context) -> dict[str, Any]:
         method, steps = train_k(config, x.to(ctx.device), k)
         ctx.log(f"  trained k={k}: {steps} steps")
         s = method.sample(n_samples, seed=17)
-        save_samples(ctx, f"k{k}", s[:1000])
+        save_samples(ctx, f"k{k}", s[:64])
         sc = score_images(ctx, s, "mnist", ["fid", "kid", "prdc"], "mnist-avgcnn")
         rows.append({"k": k, "fid": sc.get("fid"), "kid": sc.get("kid"),
                      "precision": sc.get("precision"), "recall": sc.get("recall"),

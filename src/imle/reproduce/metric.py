@@ -35,7 +35,7 @@ def run(ctx: Context) -> dict[str, Any]:
         trainer = train(ctx, imle_images("mnist", minutes, **{"data.limit": 10_000}, **updates),
                         name.replace(" ", "-").replace("+", "plus"))
         x = trainer.method.sample(n_samples, seed=13)
-        save_samples(ctx, name.replace(" ", "-").replace("+", "plus"), x[:1000])
+        save_samples(ctx, name.replace(" ", "-").replace("+", "plus"), x[:64])
         save_grid(x[:64], ctx.out / f"grid-{name.replace(' ', '-').replace('+', 'plus')}.png",
                   nrow=8)
         s = score_images(ctx, x, "mnist", ["fid", "kid", "prdc"], "mnist-avgcnn")

@@ -93,7 +93,7 @@ def run(ctx: Context) -> dict[str, Any]:
         log = read_log(trainer)
         recalls = [r["recall_at_1"] for r in log if "recall_at_1" in r]
         x = trainer.method.sample(n_samples, seed=11)
-        save_samples(ctx, name.split(" (")[0].replace(" ", "-"), x[:1000])
+        save_samples(ctx, name.split(" (")[0].replace(" ", "-"), x[:64])
         scores = score_images(ctx, x, "mnist", ["fid", "kid", "prdc"], "mnist-avgcnn")
         search_s = sum(r.get("search_s", 0.0) for r in log)
         rows.append({"search": name,

@@ -64,7 +64,7 @@ def _mnist_like(ctx: Context, data: str, models: dict[str, Any], features: str,
         trainer = train(ctx, config, f"{data}-{name}".replace(" ", "-").replace("/", ""))
         x = trainer.method.sample(n_samples, seed=23)
         tag = f"{data}-{name}".replace(" ", "-").replace("/", "")
-        save_samples(ctx, tag, x[:1000])
+        save_samples(ctx, tag, x[:64])
         save_grid(x[:64], ctx.out / f"grid-{tag}.png", nrow=8)
         s = score_images(ctx, x, data, ["parzen", "fid", "kid", "prdc", "memorization"],
                          features)
@@ -117,7 +117,7 @@ def run(ctx: Context) -> dict[str, Any]:
         for name, config in (("IMLE defaults", imle_cfg), ("GAN", gan_cfg)):
             trainer = train(ctx, config, f"{data}-{name}".replace(" ", "-"))
             x = trainer.method.sample(min(n, 5000), seed=29)
-            save_samples(ctx, f"{data}-{name}".replace(" ", "-"), x[:500])
+            save_samples(ctx, f"{data}-{name}".replace(" ", "-"), x[:64])
             save_grid(x[:64], ctx.out / f"grid-{data}-{name.replace(' ', '-')}.png", nrow=8)
             rows.append({"data": data, "model": name, **_pixel_scores(x, tr_x, val, test),
                          "steps": trainer.step, "cpu min": config.budget})
