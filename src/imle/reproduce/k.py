@@ -34,7 +34,6 @@ def train_k(config: TrainConfig, x: torch.Tensor, k: int) -> tuple[Any, int]:
     steps_per = max(1, math.ceil(m.refresh_epochs * n_sub / o.batch_size))
     budget = config.budget * 60.0
     start, step, outer = time.process_time(), 0, 0
-    total_steps = None
     while time.process_time() - start < budget:
         sub = torch.randperm(x.shape[0], generator=g)[:n_sub]
         pool = method.generate_pool(int(m.pool_multiplier * n_sub), seed=mix_seed(config.seed,
@@ -60,8 +59,7 @@ def train_k(config: TrainConfig, x: torch.Tensor, k: int) -> tuple[Any, int]:
             opt.step()
             method.update_ema(step)
             step += 1
-    total_steps = step
-    return method, total_steps
+    return method, step
 
 
 def run(ctx: Context) -> dict[str, Any]:
