@@ -47,9 +47,7 @@ class GANTrainer(Trainer):
     def refresh(self) -> dict[str, Any]:
         """Starts an outer iteration: draws S (no pool, no matching)."""
         st = self.state
-        n = self.data.shape[0]
-        st.subset = (torch.randperm(n, generator=self.data_rng)[:self.subset_size]
-                     if self.subset_size < n else torch.arange(n))
+        st.subset = self._draw_subset()
         st.matched = torch.empty(0)  # marks the outer iteration as started
         st.match_stats = {}
         st.outer += 1

@@ -396,10 +396,7 @@ class Trainer:
         if every > 0 and int(st.examples_seen / n // every) > st.optimizer_restarts:
             self.optimizer.state.clear()  # what re-creating the optimiser would do
             st.optimizer_restarts = int(st.examples_seen / n // every)
-        if self.subset_size < n:
-            st.subset = torch.randperm(n, generator=self.data_rng)[:self.subset_size]
-        else:
-            st.subset = torch.arange(n)
+        st.subset = self._draw_subset()
         recall = None  # recall_sample 0 leaves it to search_options
         if m.recall_sample > 0:  # the recall check is a diagnostic: run it on some refreshes only
             recall = m.recall_sample if st.outer % m.recall_every_outer == 0 else 0
@@ -417,6 +414,13 @@ class Trainer:
         st.inner_step = 0
         st.loss_sum, st.loss_n, st.sgd_s = 0.0, 0, 0.0
         return st.match_stats
+
+    def _draw_subset(self) -> torch.Tensor:
+        """This outer iteration's S: a random subset of ``subset_size`` ids, or all of them."""
+        n = self.data.shape[0]
+        if self.subset_size < n:
+            return torch.randperm(n, generator=self.data_rng)[:self.subset_size]
+        return torch.arange(n)
 
     def _next_batch(self) -> torch.Tensor:
         """Next mini-batch of positions in S; reshuffles S after each pass.
