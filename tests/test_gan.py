@@ -34,12 +34,18 @@ def test_discriminator_maps_samples_to_logits(shape: tuple[int, ...]) -> None:
     assert d(torch.rand(3, *shape)).shape == (3,)
 
 
-def test_r1_and_losses_match_their_formulas() -> None:
-    """For a linear critic D(x) = w.x + b, grad_x D = w, so R1 = ||w||^2."""
+def _linear_critic(r1_every: int) -> tuple[torch.nn.Linear, torch.nn.Module, GANObjective]:
+    """A linear critic D(x) = w.x + b (no spectral norm) and its objective, gamma = 2."""
     lin = torch.nn.Linear(3, 1)
     d = torch.nn.Sequential(lin, torch.nn.Flatten(0))
-    obj = GANObjective(d, {"r1_gamma": 2.0, "r1_every": 1, "spectral_norm": False}, g_lr=1e-3,
-                       beta2=0.99)
+    obj = GANObjective(d, {"r1_gamma": 2.0, "r1_every": r1_every, "spectral_norm": False},
+                       g_lr=1e-3, beta2=0.99)
+    return lin, d, obj
+
+
+def test_r1_and_losses_match_their_formulas() -> None:
+    """For a linear critic D(x) = w.x + b, grad_x D = w, so R1 = ||w||^2."""
+    lin, d, obj = _linear_critic(r1_every=1)
     real, fake = torch.randn(5, 3), torch.randn(5, 3)
     w = lin.weight.detach().clone()
     expect = (F.softplus(-d(real)).mean() + F.softplus(d(fake)).mean()).item() \
@@ -63,10 +69,7 @@ def test_r1_and_losses_match_their_formulas() -> None:
 
 
 def test_lazy_r1_is_applied_every_nth_step_with_that_weight() -> None:
-    lin = torch.nn.Linear(3, 1)
-    d = torch.nn.Sequential(lin, torch.nn.Flatten(0))
-    obj = GANObjective(d, {"r1_gamma": 2.0, "r1_every": 3, "spectral_norm": False}, g_lr=1e-3,
-                       beta2=0.99)
+    lin, d, obj = _linear_critic(r1_every=3)
     real, fake = torch.randn(5, 3), torch.randn(5, 3)
     losses = []
     for _ in range(4):
