@@ -1,4 +1,5 @@
-"""One tuning trial: train ``TrainConfig()`` with overrides for a CPU-minute budget, then FID.
+"""One tuning trial: train a preset (``TrainConfig()`` by default) with overrides for a CPU-minute
+budget, then FID.
 
 Trials are compared at equal process CPU time on one torch thread each, so several can run side
 by side on a small machine (the budget counts this process's CPU time only).
@@ -11,6 +12,10 @@ configurations at equal steps on a GPU with ``--device cuda``.
 Example (the latent-dimension trials behind the default):
 
     python benchmarks/tune_trial.py L12 6 model.latent_dim=12 --out bench/tune
+
+and a GAN trial (``--preset gan``, the baseline of ``imle train --method gan``):
+
+    python benchmarks/tune_trial.py G1 3 optim.lr=5e-4 --preset gan --out bench/tune-gan
 
 Prints one JSON line (name, overrides, steps, outer iterations, FID of 10,000 samples in the
 MNIST classifier's features) and appends it to DIR/results.jsonl.
@@ -25,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-import imle
-from imle.config import replace
+from imle.config import PRESETS, replace
+from imle.gan_trainer import trainer_class
 from imle.metrics import evaluate
 from imle.runs import sample_from_run
 
@@ -38,6 +43,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="section.field=JSON, e.g. model.latent_dim=12")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data-dir", default=os.environ.get("IMLE_DATA_DIR"))
+    ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
     ap.add_argument("--steps", type=int, default=0, help="budget in SGD steps instead")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--extractor", default="mnist-cnn",
@@ -51,15 +57,15 @@ def main() -> None:
         over[key] = json.loads(value)
     budget = {"budget_type": "steps", "budget": a.steps} if a.steps else {
         "budget_type": "cpu_minutes", "budget": a.cpu_minutes}
-    cfg = replace(imle.TrainConfig(), threads=1, progress="none", sample_every_outer=20,
+    cfg = replace(PRESETS[a.preset](), threads=1, progress="none", sample_every_outer=20,
                   device=a.device, **budget, **{"data.data_dir": a.data_dir}, **over)
     run = a.out / a.name
-    summary = imle.Trainer(cfg, run).train()
+    summary = trainer_class(cfg)(cfg, run).train()
     x, _ = sample_from_run(run, 10_000, seed=0, device=a.device)
     fid = evaluate(x, "mnist", ["fid"], data_dir=a.data_dir, seed=0, floors=False,
                    extractor=a.extractor)["metrics"]["fid"]
-    row = {"name": a.name, "over": over, "steps": summary["step"], "outer": summary["outer"],
-           "extractor": a.extractor,
+    row = {"name": a.name, "preset": a.preset, "over": over, "steps": summary["step"],
+           "outer": summary["outer"], "extractor": a.extractor,
            "device": a.device, "train_s": round(summary["elapsed_s"], 1), "fid": round(fid, 2)}
     print(json.dumps(row), flush=True)
     with open(a.out / "results.jsonl", "a") as f:

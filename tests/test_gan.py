@@ -17,6 +17,7 @@ from imle.cli import main
 from imle.config import gan_config, replace
 from imle.errors import ConfigError
 from imle.gan_trainer import GANTrainer, trainer_class
+from imle.nets import build_generator
 
 
 def ring_config(**updates) -> imle.TrainConfig:
@@ -32,6 +33,17 @@ def ring_config(**updates) -> imle.TrainConfig:
 def test_discriminator_maps_samples_to_logits(shape: tuple[int, ...]) -> None:
     d = build_discriminator(shape, width=8)
     assert d(torch.rand(3, *shape)).shape == (3,)
+
+
+@pytest.mark.parametrize("model, shape", [("dcgan28", (1, 28, 28)), ("dcgan32", (3, 32, 32)),
+                                          ("mlp", (2,))])
+def test_default_discriminator_is_the_generators_size(model: str, shape: tuple) -> None:
+    g = build_generator(model, 12, shape, 256 if model == "mlp" else None)
+    gan = GAN(g, 12, shape)
+    n_g = sum(p.numel() for p in g.parameters())
+    n_d = sum(p.numel() for p in gan.discriminator.parameters())
+    # The nearest width on the ladder: within a factor 1.5 for these generators.
+    assert 1 / 1.5 < n_d / n_g < 1.5, (n_d, n_g)
 
 
 def _linear_critic(r1_every: int) -> tuple[torch.nn.Linear, torch.nn.Module, GANObjective]:

@@ -57,7 +57,7 @@ def build_method(config: TrainConfig, sample_shape: tuple[int, ...],
             raise ConfigError("method.type='gan' is unconditional; leave data.task empty")
         method = GAN(generator, m.latent_dim, sample_shape, config.method.options,
                      g_lr=config.optim.lr, beta2=config.optim.beta2,
-                     ema_decay=config.optim.ema_decay, width=m.width,
+                     ema_decay=config.optim.ema_decay,
                      pool_batch_size=config.method.pool_batch_size,
                      pool_precision=config.method.pool_precision)
     elif config.data.task:

@@ -31,7 +31,7 @@ GAN_OPTIONS: dict[str, Any] = {
     "r1_gamma": 1.0,        # weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 (0: off)
     "r1_every": 4,          # lazy R1 (StyleGAN2): every this many D steps, weighted by it
     "spectral_norm": True,  # spectral normalisation of every discriminator layer
-    "d_width": None,        # discriminator base width; None: the generator's (model.width)
+    "d_width": None,        # discriminator base width; None: `comparable_width` (size of G)
     "loss": "non-saturating",  # "non-saturating" or "saturating" (the minimax loss of G)
 }
 
@@ -56,6 +56,23 @@ def validate_gan_options(options: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"method option d_width must be an int >= 1 or null, got "
                           f"{o['d_width']!r}")
     return o
+
+
+#: Base widths `comparable_width` chooses from.
+WIDTH_LADDER = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def _num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def comparable_width(sample_shape: tuple[int, ...], num_params: int) -> int:
+    """The base width of `WIDTH_LADDER` whose discriminator's parameter count is nearest (in
+    ratio) to ``num_params``, the generator's, so that neither network is the larger by design."""
+    def gap(w: int) -> float:
+        return abs(math.log(_num_params(build_discriminator(sample_shape, w, False)) / num_params))
+
+    return min(WIDTH_LADDER, key=gap)
 
 
 def build_discriminator(sample_shape: tuple[int, ...], width: int | None = None,
@@ -166,18 +183,17 @@ class GAN(IMLE):
         g_lr, beta2: the generator's optimiser settings (the discriminator's learning rate is
             relative to ``g_lr``).
         ema_decay: EMA of the generator's weights used by `sample` (0: off).
-        width: the generator's width, the discriminator's default width.
     """
 
     def __init__(self, generator: nn.Module, latent_dim: int, sample_shape: tuple[int, ...],
                  options: dict[str, Any] | None = None, g_lr: float = 2e-4, beta2: float = 0.99,
-                 ema_decay: float = 0.0, width: int | None = None,
-                 pool_batch_size: int = 512, pool_precision: str = "fp32") -> None:
+                 ema_decay: float = 0.0, pool_batch_size: int = 512,
+                 pool_precision: str = "fp32") -> None:
         super().__init__(generator, latent_dim, latent_noise=0.0, search_backend="exact",
                          ema_decay=ema_decay, pool_batch_size=pool_batch_size,
                          pool_precision=pool_precision)
         o = validate_gan_options(options)
-        width = o["d_width"] or width
+        width = o["d_width"] or comparable_width(tuple(sample_shape), _num_params(generator))
         self.discriminator = build_discriminator(tuple(sample_shape), width, o["spectral_norm"])
         self.objective = GANObjective(self.discriminator, o, g_lr, beta2)
 
