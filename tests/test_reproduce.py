@@ -57,3 +57,20 @@ def test_unknown_experiment_and_bad_scale_are_refused(tmp_path) -> None:
         run_experiment("fid", tmp_path)
     with pytest.raises(ConfigError, match="scale"):
         run_experiment("k", tmp_path, scale=0)
+
+
+def test_final_recall_measures_the_searcher_on_a_fresh_pool(tmp_path) -> None:
+    import imle
+    from imle.config import replace
+    from imle.reproduce.search import final_recall
+
+    cfg = replace(imle.TrainConfig(), **{
+        "data.name": "ring8", "data.options": {"num": 600}, "model.type": "mlp",
+        "model.width": 16, "model.latent_dim": 2, "method.subset_size": None,
+        "method.search_backend": "exact", "method.recall_sample": 0, "budget_type": "steps",
+        "budget": 2, "progress": "none", "sample_every_outer": 0, "threads": 1})
+    trainer = imle.Trainer(cfg, tmp_path / "run")
+    trainer.train()
+    assert final_recall(trainer) == 1.0
+    trainer.method.searcher = DegradedSearcher(0.5)
+    assert final_recall(trainer) == pytest.approx(0.5, abs=0.06)
