@@ -60,15 +60,25 @@ class Context:
         return self.out / "runs"
 
 
+#: CPU flags that decide matmul speed here (bf16 native with avx512_bf16, much faster with AMX).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 def machine() -> dict[str, Any]:
-    """Where the experiment ran (CPU model, cores, torch, threads, GPU if any)."""
+    """Where the experiment ran (CPU model, cores, the vector ISA torch uses and the `ISA_FLAGS`
+    present, torch, threads, GPU if any)."""
     cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            elif line.startswith("flags") and not flags:
+                have = set(line.split(":", 1)[1].split())
+                flags = [f for f in ISA_FLAGS if f in have]
+    info = {"cpu": cpu, "cores": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "isa_flags": flags,
+            "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
