@@ -529,11 +529,11 @@ def reference_config() -> TrainConfig:
 
 def gan_config() -> TrainConfig:
     """The GAN baseline's configuration: the default run with ``method.type="gan"`` and the
-    optimiser a GAN needs (Adam 2e-4, betas 0.5 / 0.99, constant rate; discriminator at 2x the
+    optimiser a GAN needs (Adam 2e-3, betas 0 / 0.99, constant rate; discriminator at 2x the
     rate with spectral norm and R1, see `imle.baselines.gan.GAN_OPTIONS`)."""
     return TrainConfig(
         method=MethodConfig(type="gan", subset_size=None, recall_sample=0),
-        optim=OptimConfig(type="adam", lr=2e-4, beta1=0.5, beta2=0.99, lr_schedule="constant",
+        optim=OptimConfig(type="adam", lr=2e-3, beta1=0.0, beta2=0.99, lr_schedule="constant",
                           ema_decay=0.999),
     )
 

@@ -2,9 +2,9 @@
 
 MNIST (the first 10,000 training images), the default ``dcgan28`` generator, equal CPU budgets:
 IMLE (defaults), the GAN (non-saturating loss), the GAN with an over-trained discriminator
-(5 discriminator steps per generator step, discriminator rate 10x), and the same over-trained
-set-up with the minimax ("saturating") generator loss, the case Goodfellow et al. predict to
-vanish. The generator's global gradient norm is read after every SGD step.
+(5 discriminator steps per generator step at its default rate, 2x the generator's), and the
+same over-trained set-up with the minimax ("saturating") generator loss, the case Goodfellow et
+al. predict to vanish. The generator's global gradient norm is read after every SGD step.
 
 A loss's gradient scale depends on its units, so the table compares each run with itself: the
 median norm of the last tenth of training over the median of the first tenth.
@@ -24,7 +24,7 @@ from imle.reproduce.models import gan_images, imle_images
 def run(ctx: Context) -> dict[str, Any]:
     minutes = ctx.minutes(2.0, 0.3)
     limit = {"data.limit": 10_000}
-    strong = {"d_steps": 5, "d_lr": 2e-3}
+    strong = {"d_steps": 5}
     setups = {
         "IMLE": imle_images("mnist", minutes, **limit),
         "GAN": gan_images("mnist", minutes, **limit),

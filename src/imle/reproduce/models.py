@@ -33,11 +33,16 @@ def imle_toy(data: str, cpu_minutes: float, seed: int = 0, rule: str = "imle",
         "method.pool_precision": "fp32", "method.recall_sample": 0, **updates})
 
 
+#: The GAN's settings on the 2-D mixtures (Adam 2e-4, beta1 0.5, R1 weight 0.1); the image
+#: settings of `gan_config` were tuned on MNIST (docs/results/gan-tuning-2026-12-03/).
+TOY_GAN = {"optim.lr": 2e-4, "optim.beta1": 0.5, "method.options": {"r1_gamma": 0.1}}
+
+
 def gan_toy(data: str, cpu_minutes: float, seed: int = 0, **updates: Any) -> TrainConfig:
     """The GAN on a 2-D mixture: same generator, a 256-unit MLP discriminator."""
     return budgeted(gan_config(), cpu_minutes, seed, **{
-        "data.name": data, "data.options": {"num": 10_000}, **TOY_MODEL,
-        "method.options": {"r1_gamma": 0.1}, **updates})
+        "data.name": data, "data.options": {"num": 10_000}, **TOY_MODEL, **TOY_GAN,
+        **updates})
 
 
 def imle_images(data: str, cpu_minutes: float, seed: int = 0, **updates: Any) -> TrainConfig:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from imle.config import TrainConfig, gan_config
+from imle.config import TrainConfig
 from imle.reproduce.common import Context, figure, mean_std, read_log, train, write_table
-from imle.reproduce.models import gan_toy, imle_toy
+from imle.reproduce.models import TOY_GAN, gan_toy, imle_toy
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def run(ctx: Context) -> dict[str, Any]:
     factors = ctx.pick([0.25, 1.0, 4.0], [0.25, 4.0])
     minutes = ctx.minutes(0.2, 0.06)
     bases = {"IMLE": (TrainConfig().optim.lr, imle_toy),
-             "GAN": (gan_config().optim.lr, gan_toy)}
+             "GAN": (TOY_GAN["optim.lr"], gan_toy)}
     rows, curves = [], {}
     for model, (lr0, make) in bases.items():
         for f in factors:
