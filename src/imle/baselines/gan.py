@@ -69,10 +69,17 @@ def _num_params(module: nn.Module) -> int:
 def comparable_width(sample_shape: tuple[int, ...], num_params: int) -> int:
     """The base width of `WIDTH_LADDER` whose discriminator's parameter count is nearest (in
     ratio) to ``num_params``, the generator's, so that neither network is the larger by design."""
-    def gap(w: int) -> float:
-        return abs(math.log(_num_params(build_discriminator(sample_shape, w, False)) / num_params))
-
-    return min(WIDTH_LADDER, key=gap)
+    # Counts grow with the width, so the nearest is the first width reaching the target or the
+    # one before it; wider critics (tens of millions of weights) are never built.
+    below = None
+    for w in WIDTH_LADDER:
+        n = _num_params(build_discriminator(sample_shape, w, False))
+        if n >= num_params:
+            if below is not None and math.log(num_params / below[1]) < math.log(n / num_params):
+                return below[0]
+            return w
+        below = (w, n)
+    return WIDTH_LADDER[-1]
 
 
 def build_discriminator(sample_shape: tuple[int, ...], width: int | None = None,

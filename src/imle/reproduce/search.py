@@ -22,6 +22,7 @@ Scored on 10,000 samples: FID, KID and precision / recall / density / coverage i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -78,7 +79,7 @@ def final_recall(trainer: Any, queries: int = 1000, seed: int = 97) -> float:
     as near as the exact nearest counts as a hit)."""
     method, data = trainer.method, trainer.data
     s = trainer.config.method.subset_size or data.shape[0]
-    m = max(1, round(trainer.config.method.pool_multiplier * min(s, data.shape[0])))
+    m = max(1, math.ceil(method.pool_multiplier * min(s, data.shape[0])))  # as `IMLE.match`
     rows = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed))[:queries]
     pool = method.generate_pool(m, seed)
     q = method.distance.features(data[rows].float()).float()
