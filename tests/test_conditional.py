@@ -119,7 +119,7 @@ def test_derived_tasks():
     with pytest.raises(ConfigError, match="data.task='zoom'"):
         imle.TrainConfig(data=imle.DataConfig(task="zoom"))
     with pytest.raises(ConfigError, match="not a conditional generator"):
-        imle.TrainConfig(data=imle.DataConfig(task="class"))
+        imle.TrainConfig(data=imle.DataConfig(task="class"), model=imle.ModelConfig("dcgan28"))
 
 
 def two_answer_config(method: str, steps: int) -> imle.TrainConfig:

@@ -116,6 +116,12 @@ def test_two_processes_equal_one(tmp_path, data_dir, rule):
         assert any(r["rematched_frac"] < 1 for r in records)
     # Only rank 0 wrote: one log line per outer iteration, one config, no second lock holder.
     assert [r["outer"] for r in records] == list(range(1, 9))
+    # The run folders say how many processes trained them, on what.
+    two = json.loads((tmp_path / "two" / "run_info.json").read_text())
+    one = json.loads((tmp_path / "one" / "run_info.json").read_text())
+    assert (two["world_size"], two["backend"], len(two["devices"])) == (2, "gloo", 2)
+    assert all(d.endswith("/cpu") for d in two["devices"])
+    assert (one["world_size"], one["backend"], len(one["devices"])) == (1, None, 1)
 
 
 def test_two_process_checkpoint_resumes_in_one(tmp_path, data_dir):

@@ -412,8 +412,11 @@ def test_parzen_refuses_a_handful_of_samples(tmp_path, capsys):
 
 
 def test_ctrl_c_before_the_first_step_is_one_line(tmp_path, data_dir):
+    # The child sets its own Ctrl-C handling: a runner started as a background job passes
+    # SIGINT down ignored, which the preexec_fn below reproduces.
     script = textwrap.dedent("""
         import os, signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import imle.trainer as t
         from imle.cli import main
         load = t.load_data
@@ -425,7 +428,8 @@ def test_ctrl_c_before_the_first_step_is_one_line(tmp_path, data_dir):
     """)
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-c", script, "train", *TRAIN_FLAGS, "--steps", "5",
-                           "--run-dir", str(run)], capture_output=True, text=True, timeout=300)
+                           "--run-dir", str(run)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert proc.returncode == 130
     assert proc.stderr.strip() == "imle train: interrupted (Ctrl-C); nothing partial was written"
     assert not run.exists()

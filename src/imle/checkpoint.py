@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from imle.config import config_hash
-from imle.errors import CheckpointError, CheckpointWarning, RunFolderBusy
+from imle.errors import CheckpointError, CheckpointWarning, ConfigError, RunFolderBusy
 from imle.fileio import atomic_write_text, is_stale_temporary
 
 try:
@@ -68,6 +68,11 @@ class RunLock:
         """Takes the lock or raises RunFolderBusy naming the live holder."""
         if self._fd is not None:
             return self
+        for folder in (self.run_dir, *self.run_dir.parents):
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(
+                    f"run folder {self.run_dir}: {folder} is a file, not a folder; choose "
+                    f"another run folder (--run-dir / --out) or move the file away")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

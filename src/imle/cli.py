@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import math
 import sys
 import time
 import typing
 from pathlib import Path
 from typing import Any
 
-from imle.config import METHOD_PRESETS, PRESETS, SECTIONS, TrainConfig
+from imle.config import METHOD_PRESETS, PRESETS, RESUME_SCHEDULES, SECTIONS, TrainConfig
 from imle.errors import ConfigError, DataError
 
 # Flags whose plain field name would be ambiguous or unidiomatic.
@@ -106,13 +108,23 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
     train.add_argument("--run-dir", type=Path, help="exact run folder (default: OUT/NAME)")
     train.add_argument("--name", help="run name (default: <data>-<model>-<time>)")
     train.add_argument("--resume", type=Path, metavar="RUN",
-                       help="continue RUN from its newest complete checkpoint (budget flags "
-                            "extend it; a run that stopped before its first checkpoint restarts "
-                            "from step 0)")
+                       help="continue RUN from its newest complete checkpoint until its budget "
+                            "is used; a budget flag sets a new total (--minutes 20: 20 minutes "
+                            "in all), --more adds to it (a run that stopped before its first "
+                            "checkpoint restarts from step 0)")
     budget = train.add_mutually_exclusive_group()
     for b in BUDGETS:
         budget.add_argument(f"--{b.replace('_', '-')}", dest=b, type=float,
-                            help=f"budget in {b.replace('_', ' ')}")
+                            help=f"total budget in {b.replace('_', ' ')}")
+    budget.add_argument("--more", type=float, metavar="AMOUNT",
+                        help="with --resume: add AMOUNT to the run's budget, in its own unit "
+                             "(--more 5 on a 10-minute run: 15 minutes in all)")
+    train.add_argument("--resume-lr", choices=RESUME_SCHEDULES, default=None,
+                       help="with --resume and a new budget: 'stretch' spreads a cosine "
+                            "learning-rate schedule over the new total (the rate jumps back "
+                            "up), 'keep' keeps the old schedule (its final rate from there "
+                            "on), 'restart' runs a new cosine from the full rate over the "
+                            "added budget (default: stretch)")
     table = _config_flags(train)
     train.set_defaults(func=_cmd_train, table=table)
 
@@ -145,7 +157,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
     rep.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     rep.set_defaults(func=_cmd_reproduce)
 
-    datasets = sub.add_parser("datasets", help="list the data sets imle can load by name")
+    datasets = sub.add_parser("datasets", help="list the data sets imle can load by name: "
+                                               "shape, split sizes, on disk or not")
+    datasets.add_argument("--data-dir", type=Path, default=None,
+                          help="data folder (default: $IMLE_DATA_DIR, else ~/.cache/imle/data)")
     datasets.set_defaults(func=_cmd_datasets)
 
     try:
@@ -169,42 +184,50 @@ def _config_from_args(args: argparse.Namespace, table: list) -> TrainConfig:
     for section, field, dest in table:
         if hasattr(args, dest):
             (raw[section] if section else raw)[field] = getattr(args, dest)
-    for b in BUDGETS:
-        if getattr(args, b) is not None:
-            raw["budget_type"], raw["budget"] = b, getattr(args, b)
+    budget_type, budget = _budget_flag(args)
+    if args.more is not None:
+        raise ConfigError("--more adds to a resumed run's budget; a new run takes a total "
+                          "(--minutes, --cpu-minutes, --epochs, --steps or --outer)")
+    if args.resume_lr is not None:
+        raise ConfigError("--resume-lr applies to --resume only; drop it")
+    if budget is not None:
+        raw["budget_type"], raw["budget"] = budget_type, budget
     return TrainConfig.from_dict(raw).validate()
+
+
+def _budget_flag(args: argparse.Namespace) -> tuple[str | None, float | None]:
+    """The budget flag given, as (budget_type, amount), checked; (None, None) if none."""
+    for b in BUDGETS + ("more",):
+        value = getattr(args, b)
+        if value is None:
+            continue
+        flag = "--" + b.replace("_", "-")
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{flag} must be a positive number, got {value:g}")
+        return b, value
+    return None, None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from imle import dist
     from imle.gan_trainer import trainer_class
-    from imle.runs import read_config
 
     if args.resume:
-        overrides = {b: getattr(args, b) for b in BUDGETS if getattr(args, b) is not None}
-        extra = ["--" + dest.split("__")[-1].replace("_", "-")
-                 for _, _, dest in args.table if hasattr(args, dest)]
-        extra += [flag for flag, value in (("--config", args.config), ("--preset", args.preset),
-                                           ("--run-dir", args.run_dir), ("--name", args.name),
-                                           ("--out", args.out)) if value is not None]
-        if extra:
-            raise ConfigError(f"--resume continues a run with its stored config and folder; "
-                              f"drop {', '.join(extra)} (only a budget flag, --minutes/"
-                              f"--cpu-minutes/--epochs/--steps/--outer, may be given with it)")
-        (budget_type, budget), = overrides.items() if overrides else ((None, None),)
-        cls = trainer_class(read_config(args.resume))
-        trainer = cls.resume(args.resume, budget=budget, budget_type=budget_type)
-        if trainer.main:
-            print(f"resuming {args.resume} at step {trainer.step}", file=sys.stderr)
+        trainer = _resume(args)
+        if trainer is None:
+            return 2
     else:
         config = _config_from_args(args, args.table)
         run_dir = args.run_dir
         if run_dir is None:
             stem = Path(config.data.name).stem.replace(".", "_")
-            name = args.name or f"{stem}-{config.model.type}-{time.strftime('%Y%m%d-%H%M%S')}"
+            model = "" if config.model.type == "auto" else f"-{config.model.type}"
+            name = args.name or f"{stem}{model}-{time.strftime('%Y%m%d-%H%M%S')}"
             run_dir = (args.out or Path("runs")) / name
         trainer = trainer_class(config)(config, run_dir)
         trainer.open()  # lock the folder and refuse one holding a run before loading more
+        if trainer.main:
+            _say("\n".join(f"  {k:<11}{v}" for k, v in trainer.describe().items()))
     try:
         summary = trainer.train()
     except BaseException:
@@ -217,12 +240,79 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not trainer.main:  # rank 0 reports for a distributed run
         return 130 if summary["status"] == "interrupted" else 0
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=2))
+    run = trainer.run_dir
     if summary["status"] == "interrupted":
         print(f"interrupted by {summary['signal']}; checkpoint saved. Resume with:\n"
-              f"  imle train --resume {trainer.run_dir}\n(or under torchrun, on any number "
-              f"of processes)", file=sys.stderr)
+              f"  imle train --resume {run}\n(or under torchrun, on any number of processes)",
+              file=sys.stderr)
         return 130
+    loss = summary["last"].get("loss")
+    used = f"{trainer.budget_used():.3g} of {trainer.config.budget:g} " \
+           f"{trainer.config.budget_type.replace('_', ' ')}"
+    _say(f"{summary['status']} at step {summary['step']} ({used})"
+         + ("" if loss is None else f", final loss {loss:.4g}") + ". Next:\n"
+         f"  imle sample {run} --num 64 --out samples.npy --grid samples.png\n"
+         f"  imle eval {run} --metrics fid,prdc\n"
+         f"  imle train --resume {run} --more {trainer.config.budget:g}   "
+         f"# train {trainer.config.budget:g} "
+         f"{trainer.config.budget_type.replace('_', ' ')} more")
     return 0
+
+
+def _resume(args: argparse.Namespace) -> Any:
+    """Rebuilds the run named by --resume with the budget the flags ask for; None (after
+    saying why) when that budget is already spent, leaving the folder untouched."""
+    from imle.gan_trainer import trainer_class
+    from imle.runs import read_config
+
+    extra = ["--" + dest.split("__")[-1].replace("_", "-")
+             for _, _, dest in args.table if hasattr(args, dest)]
+    extra += [flag for flag, value in (("--config", args.config), ("--preset", args.preset),
+                                       ("--run-dir", args.run_dir), ("--name", args.name),
+                                       ("--out", args.out)) if value is not None]
+    if extra:
+        raise ConfigError(f"--resume continues a run with its stored config and folder; "
+                          f"drop {', '.join(extra)} (only a budget flag, --minutes/"
+                          f"--cpu-minutes/--epochs/--steps/--outer (a new total) or --more "
+                          f"(added), and --resume-lr may be given with it)")
+    stored = read_config(args.resume)
+    budget_type, budget = _budget_flag(args)
+    if budget_type == "more":
+        budget_type, budget = stored.budget_type, stored.budget + budget
+    if args.resume_lr is not None and budget is None:
+        raise ConfigError("--resume-lr places the learning-rate schedule for a new budget; "
+                          "give one (a total such as --minutes 20, or --more 5)")
+    trainer = trainer_class(stored).resume(args.resume, budget=budget, budget_type=budget_type,
+                                           schedule=args.resume_lr or "stretch")
+    info = trainer.resumed_from
+    unit = info["unit"].replace("_", " ")
+    if trainer.progress() >= 1.0:
+        trainer.close()
+        if trainer.main:
+            _say(f"error: nothing to train: {args.resume} has used {info['used']:.3g} of its "
+                 f"{info['total']:g} {unit} (step {trainer.step}). Give a larger total (e.g. "
+                 f"--{info['unit'].replace('_', '-')} {2 * info['total']:g}) or more "
+                 f"(--more {info['total']:g}); the run folder is unchanged")
+        return None
+    if trainer.main:
+        lines = [f"resuming {args.resume} at step {trainer.step}: {info['used']:.3g} of "
+                 f"{info['total']:g} {unit} done"]
+        if budget is not None and trainer.config.optim.lr_schedule == "cosine":
+            before, after = info["lr_before"], info["lr_after"]
+            lines.append(f"the learning rate goes from {before:.3g} to {after:.3g}"
+                         if abs(after - before) > 1e-12 else
+                         f"the learning rate stays at {after:.3g}")
+            lines[-1] += (f" (--resume-lr {args.resume_lr or 'stretch'}; keep holds the old "
+                          f"schedule, restart starts a new cosine, stretch spreads it over the "
+                          f"new total)")
+        _say("\n".join(lines))
+    return trainer
+
+
+def _say(text: str, head: str = "imle train:") -> None:
+    """A console message of ``imle train`` on stderr (stdout holds the JSON summary)."""
+    print(f"{head}\n{text}" if text.startswith("  ") else f"{head} {text}", file=sys.stderr,
+          flush=True)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -275,18 +365,50 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from imle.data import list_datasets
+    from imle.data import get_data_dir, list_datasets
+    from imle.data.catalog import describe_datasets
 
+    rows = {row["name"]: row for row in describe_datasets(args.data_dir)}
+    print(f"data folder: {get_data_dir(args.data_dir)} (--data-dir, else $IMLE_DATA_DIR, else "
+          f"~/.cache/imle/data); any .npy/.npz file or image folder works too\n")
     for name in list_datasets():
-        print(name)
+        row = rows.get(name)
+        if row is None:  # registered by an extension without a catalogue entry
+            print(f"{name}\n")
+            continue
+        shape = "x".join(str(d) for d in row["shape"])
+        splits = ", ".join(f"{k} {'?' if v is None else f'{v:,}'}"
+                           for k, v in row["splits"].items())
+        print(f"{name:<22}{shape:<9}{row['what']}\n{'':<22}splits: {splits}\n"
+              f"{'':<22}{row['status']}\n")
     return 0
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parses ``argv``; an unknown flag is a one-line error naming the nearest valid flag."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = next((w for w in argv if not w.startswith("-")), None)
+    if command in sub.choices:
+        flags = [o for a in sub.choices[command]._actions for o in a.option_strings
+                 if o.startswith("--")]
+        for word in argv:
+            name = word.split("=")[0]
+            if not name.startswith("--") or any(f.startswith(name) for f in flags):
+                continue  # a value, a flag, or an abbreviation argparse accepts
+            near = difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]}? " if near else ""
+            print(f"imle {command}: error: unknown flag {name}; {hint}(`imle {command} --help` "
+                  f"lists them)", file=sys.stderr)
+            raise SystemExit(2)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     from imle.cli_eval import run_handler
 
     parser, _ = _build_parser()
-    return run_handler(parser.parse_args(argv))
+    return run_handler(_parse(parser, argv))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from imle.errors import ConfigError
 RESUME_MAY_CHANGE = frozenset({"budget", "budget_type", "device", "threads", "compile",
                                "progress",
                                "checkpoint_every_minutes", "keep_checkpoints", "data.data_dir"})
+#: What a resume with a changed budget does to the learning-rate schedule (`Trainer.resume`).
+RESUME_SCHEDULES = ("stretch", "keep", "restart")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 
@@ -131,13 +133,16 @@ class ModelConfig(_Typed):
     """Generator network, rebuilt from this by the registry in `imle.nets`.
 
     Attributes:
-        type: registered generator ("mlp", "dcgan28", "dcgan32", "resconv28").
+        type: registered generator ("mlp", "dcgan28", "dcgan32", "resconv28", or for a
+            conditional task "img2img", "cond-mlp", "cond-dcgan28", ...); "auto" picks one
+            from the data's shape and task (`imle.nets.auto_generator`) and the run's
+            config.json records the choice.
         latent_dim: dimension of z ~ N(0, I) (reference code: 64).
         width: base channel count (conv) or hidden width (mlp); None: the network's default
             (64 channels, 1024 hidden units).
     """
 
-    type: str = "dcgan28"
+    type: str = "auto"
     latent_dim: int = 12
     width: int | None = None
 
@@ -263,7 +268,8 @@ class TrainConfig(_Typed):
         snapshot_minutes: training minutes at which to keep a weights snapshot (CPU minutes
             when budget_type is "cpu_minutes", wall minutes otherwise).
         keep_checkpoints: how many periodic checkpoints to keep.
-        progress: "tqdm" or "none".
+        progress: "tqdm" (a bar in the budget's unit on a terminal, a line every 5% of the
+            budget elsewhere) or "none".
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -308,8 +314,9 @@ class TrainConfig(_Typed):
         nets = CONDITIONAL_GENERATORS if task else GENERATORS
         kind = (f"a conditional generator (data.task is {task!r})" if task else
                 "an unconditional generator (data.task is empty)")
-        need(self.model.type in nets,
-             f"model.type={self.model.type!r} is not {kind}; choose one of {sorted(nets)}")
+        need(self.model.type == "auto" or self.model.type in nets,
+             f"model.type={self.model.type!r} is not {kind}; choose one of "
+             f"{sorted(nets)} or 'auto'")
         need(self.model.latent_dim >= 1, "model.latent_dim must be >= 1")
         need(self.model.width is None or self.model.width >= 1, "model.width must be >= 1")
         need(m.subset_size is None or m.subset_size >= 1,
@@ -364,7 +371,8 @@ class TrainConfig(_Typed):
              f"budget_type={self.budget_type!r}; choose minutes, cpu_minutes, epochs, steps "
              "or outer")
         need(self.budget > 0 and math.isfinite(self.budget),
-             f"budget must be a positive number, got {self.budget}")
+             f"budget must be a positive number, got {self.budget:g} (the flag "
+             f"--{self.budget_type.replace('_', '-')})")
         need(self.budget_type not in ("steps", "outer") or self.budget == int(self.budget),
              f"a budget of {self.budget:g} {self.budget_type} is not a whole number")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")

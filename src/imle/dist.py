@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import gc
 import os
+import socket
 
 import torch
 import torch.distributed as tdist
@@ -87,6 +88,17 @@ def setup(device: torch.device, timeout_minutes: float | None = None) -> torch.d
         tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                  timeout=datetime.timedelta(minutes=minutes))
     return device
+
+
+def describe(device: torch.device) -> dict:
+    """The processes of this run, for its record: world size, backend and each rank's host and
+    device. A collective under a process group: every process must call it."""
+    if not active():
+        return {"world_size": 1, "backend": None,
+                "devices": [f"{socket.gethostname()}/{device}"]}
+    devices: list = [None] * world_size()
+    tdist.all_gather_object(devices, f"{socket.gethostname()}/{device}")
+    return {"world_size": world_size(), "backend": str(tdist.get_backend()), "devices": devices}
 
 
 def shutdown(wait: bool = True) -> None:

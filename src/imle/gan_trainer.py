@@ -63,7 +63,7 @@ class GANTrainer(Trainer):
         t0 = time.perf_counter()
         method: GAN = self.method  # type: ignore[assignment]
         objective = method.objective
-        lr = self.lr_at(self.progress())
+        lr = self.lr_at(self.schedule_progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         d_stats: dict[str, float] = {}

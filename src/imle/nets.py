@@ -265,6 +265,31 @@ def register_conditional_generator(name: str) -> Callable[[Callable[..., nn.Modu
     return wrap
 
 
+def auto_generator(sample_shape: tuple[int, ...],
+                   cond_shape: tuple[int, ...] | None = None) -> tuple[str, str]:
+    """The generator ``model.type = "auto"`` picks for the data, and why.
+
+    Args:
+        sample_shape: one example's shape, (C, H, W) or (D,).
+        cond_shape: one condition's shape for a conditional task, else None.
+
+    Returns:
+        (registered name, a short reason). 28x28 and 32x32 images get the matching conv
+        generator, other shapes the MLP; image conditions (super-resolution, completion) get
+        "img2img", vector conditions (classes, observations) the concatenating version.
+    """
+    image = len(sample_shape) == 3
+    side = sample_shape[1] if image and sample_shape[1] == sample_shape[2] else None
+    base = {28: "dcgan28", 32: "dcgan32"}.get(side, "mlp")
+    what = ("x".join(str(d) for d in sample_shape) + " images" if image else
+            f"{math.prod(sample_shape)}-dimensional vectors")
+    if cond_shape is None:
+        return base, what
+    if image and len(cond_shape) == 3 and sample_shape[1] % 4 == 0 and sample_shape[2] % 4 == 0:
+        return "img2img", f"{what} from image conditions"
+    return f"cond-{base}", f"{what} from vector conditions"
+
+
 def build_conditional_generator(type: str, latent_dim: int, sample_shape: tuple[int, ...],
                                 cond_shape: tuple[int, ...],
                                 width: int | None = None) -> nn.Module:

@@ -17,7 +17,7 @@ from imle.conditional import ConditionalIMLE
 from imle.config import DEVICE_PATTERN, TrainConfig, config_hash, config_mismatch
 from imle.errors import CheckpointError, ConfigError
 from imle.method import IMLE
-from imle.nets import build_conditional_generator, build_generator
+from imle.nets import auto_generator, build_conditional_generator, build_generator
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,14 +42,15 @@ def build_method(config: TrainConfig, sample_shape: tuple[int, ...],
     if config.data.task and cond_shape is None:
         raise ConfigError(f"data.task={config.data.task!r} needs the condition shape")
     if generator is None:
+        kind = m.type if m.type != "auto" else auto_generator(sample_shape, cond_shape)[0]
         # Seed only the initialisation, without reseeding the caller's global stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             if config.data.task:
-                generator = build_conditional_generator(m.type, m.latent_dim, sample_shape,
+                generator = build_conditional_generator(kind, m.latent_dim, sample_shape,
                                                         tuple(cond_shape), m.width)
             else:
-                generator = build_generator(m.type, m.latent_dim, sample_shape, m.width)
+                generator = build_generator(kind, m.latent_dim, sample_shape, m.width)
     if config.method.type == "gan":
         from imle.baselines.gan import GAN
 

@@ -35,11 +35,13 @@ from imle.checkpoint import (
     write_checkpoint,
     write_folder,
 )
-from imle.config import TrainConfig, config_hash, replace
+from imle.config import RESUME_SCHEDULES, TrainConfig, config_hash, replace
 from imle.errors import CheckpointError, CheckpointWarning, ConfigError, DataError
 from imle.fileio import atomic_write_text
 from imle.method import mix_seed
+from imle.nets import auto_generator
 from imle.plotting import save_grid
+from imle.progress import Progress
 from imle.runs import (
     build_method,
     check_checkpoint_config,
@@ -49,6 +51,12 @@ from imle.runs import (
 )
 
 GRID_SEED = 12345  # fixed latents so grids from different steps are comparable
+
+
+def _fraction(used: float, span: list) -> float:
+    """Position of ``used`` in the [start, end] span, clipped to [0, 1]."""
+    start, end = span
+    return 1.0 if end <= start else min(max((used - start) / (end - start), 0.0), 1.0)
 
 
 def load_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -106,6 +114,8 @@ class LoopState:
         logged_outer: the outer iteration of the last record (a run that finished and is
             extended does not log its last outer iteration twice).
         optimizer_restarts: optimiser resets done (``optim.restart_every_epochs``).
+        lr_span: [start, end] of the learning-rate schedule in the budget's unit; empty means
+            [0, budget]. A resume that changes the budget sets it (see `Trainer.resume`).
     """
 
     step: int = 0
@@ -126,6 +136,7 @@ class LoopState:
     log_lines: int = 0
     logged_outer: int = -1
     optimizer_restarts: int = 0
+    lr_span: list = field(default_factory=list)
 
 
 class FollowerLock:
@@ -185,6 +196,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.device = dist.setup(resolve_device(config.device))
         self.main = dist.is_main()
+        self.processes = dist.describe(self.device)  # every rank takes part (a collective)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -199,6 +211,10 @@ class Trainer:
             raise DataError(f"{self.conditions.shape[0]} conditions for {self.data.shape[0]} "
                             f"examples")
         cond_shape = None if conditions is None else tuple(conditions.shape[1:])
+        self.model_choice: str | None = None  # why "auto" chose the generator it did
+        if config.model.type == "auto" and generator is None:
+            kind, self.model_choice = auto_generator(tuple(self.data.shape[1:]), cond_shape)
+            config = self.config = replace(config, **{"model.type": kind})
         self.method = build_method(config, tuple(self.data.shape[1:]), self.device, generator,
                                    cond_shape)
         self.method.check_data_shape(self.data)
@@ -235,6 +251,7 @@ class Trainer:
         self._lock = run_lock(self.run_dir)
         self._opened = False
         self._resuming = False
+        self.resumed_from: dict[str, Any] | None = None  # set by `resume`
 
     def __getattr__(self, name: str) -> Any:
         # Loop counters read as trainer attributes (trainer.step, trainer.outer, ...).
@@ -243,26 +260,73 @@ class Trainer:
             return getattr(state, name)
         raise AttributeError(name)
 
+    def describe(self) -> dict[str, str]:
+        """What this run trains and the settings derived for it, one line each (printed by
+        ``imle train`` before it starts)."""
+        c, m, o = self.config, self.config.method, self.config.optim
+        n = self.data.shape[0]
+        shape = "x".join(str(d) for d in self.data.shape[1:])
+        data = f"{c.data.name} ({c.data.split} split): {n:,} examples of {shape}"
+        if self.conditions is not None:
+            cond = "x".join(str(d) for d in self.conditions.shape[1:])
+            data += f", task {c.data.task} (conditions {cond})"
+        params = sum(p.numel() for p in self.method.generator.parameters())
+        lines = {"data": data,
+                 "generator": f"{c.model.type}"
+                              + (f" (auto: {self.model_choice})" if self.model_choice else "")
+                              + f", latent {c.model.latent_dim}, {params:,} parameters"}
+        subset = f"|S| {self.subset_size:,} of {n:,}" if self.subset_size < n else f"all {n:,}"
+        if m.type == "gan":
+            lines["method"] = (f"gan ({subset} examples per outer iteration, "
+                               f"{self.steps_per_outer} steps each)")
+        else:
+            pool = math.ceil(m.pool_multiplier * self.subset_size)
+            lines["method"] = (f"{m.type}, distance {m.distance}: {subset} examples matched to "
+                               f"a pool of {pool:,} ({m.pool_multiplier:g}x), "
+                               f"{self.steps_per_outer} steps per pool")
+        schedule = ("constant" if o.lr_schedule == "constant" else
+                    f"cosine to {o.lr_final_frac:g}x")
+        lines["optimiser"] = (f"{o.type} lr {o.lr:g} ({schedule}), batch {o.batch_size}"
+                              + (f", EMA {o.ema_decay:g}" if o.ema_decay > 0 else ""))
+        procs = self.processes["world_size"]
+        lines["budget"] = (f"{c.budget:g} {c.budget_type.replace('_', ' ')} on {self.device}"
+                           + (f" x {procs} processes" if procs > 1 else ""))
+        lines["run folder"] = str(self.run_dir)
+        return lines
+
     # ----------------------------------------------------------------------------- run folder
     @classmethod
     def resume(cls, run_dir: str | Path, budget: float | None = None,
                budget_type: str | None = None, data: torch.Tensor | None = None,
                generator: torch.nn.Module | None = None,
-               conditions: torch.Tensor | None = None) -> Trainer:
+               conditions: torch.Tensor | None = None,
+               schedule: str = "stretch") -> Trainer:
         """Rebuilds a run from its folder and loads its newest checkpoint.
 
         Args:
             run_dir: the run folder.
-            budget, budget_type: optionally extend or change the run's budget.
+            budget, budget_type: optionally a new *total* budget (and its unit); the run trains
+                until that total is used, counting what it already trained. None keeps the
+                stored one.
             data: training examples; loaded from the stored config if None.
             generator: the custom generator module, if the run was started with one.
             conditions: the conditions passed with ``data``, for a conditional run.
+            schedule: what a changed budget does to a "cosine" learning-rate schedule:
+                "stretch" spreads the schedule over the new total (the rate jumps back up
+                where the new total is larger), "keep" keeps the old schedule (past its end
+                the rate stays at its final value), "restart" runs a new cosine from the full
+                rate, starting where the run stands, down to the final rate at the new total.
+
+        Nothing is written until `train` or `open`: a run whose budget is already spent can be
+        inspected (`budget_used`, `progress`) and closed without touching its folder.
         """
+        if schedule not in RESUME_SCHEDULES:
+            raise ConfigError(f"schedule={schedule!r}; choose one of {', '.join(RESUME_SCHEDULES)}")
         run_dir = Path(run_dir)
         lock = run_lock(run_dir).acquire()  # before reading: a live writer may be mid-write
         try:
-            config = read_config(run_dir)
-            folder = find_checkpoint(run_dir / "checkpoints", weight_files(config) + ("state.pt",))
+            stored = read_config(run_dir)
+            folder = find_checkpoint(run_dir / "checkpoints", weight_files(stored) + ("state.pt",))
             if folder is None and checkpoint_folders(run_dir / "checkpoints"):
                 problems = [f"{p.name}: {checkpoint_problem(p)}"
                             for p in checkpoint_folders(run_dir / "checkpoints")]
@@ -273,23 +337,47 @@ class Trainer:
                               f"from step 0 with its stored config", CheckpointWarning,
                               stacklevel=2)
             else:
-                check_checkpoint_config(folder, config)
+                check_checkpoint_config(folder, stored)
             updates = {}
             if budget is not None:
                 updates["budget"] = budget
             if budget_type is not None:
                 updates["budget_type"] = budget_type
-            if updates:
-                config = replace(config, **updates)
+            config = replace(stored, **updates) if updates else stored
             trainer = cls(config, run_dir, data=data, generator=generator,
                           conditions=conditions)
             trainer._lock, trainer._resuming = lock, True
             if folder is not None:
                 trainer._load(folder)
+            trainer.resumed_from = trainer._move_schedule(stored, schedule)
         except BaseException:
             lock.release()
             raise
         return trainer
+
+    def _move_schedule(self, stored: TrainConfig, schedule: str) -> dict[str, Any]:
+        """Places the learning-rate schedule after a resume whose budget differs from the
+        stored one (see `resume`); returns what changed: the budget used so far and the total
+        in the new unit, and the learning rate before and after."""
+        st, c = self.state, self.config
+        old_used = self.budget_used(stored.budget_type)
+        old_span = st.lr_span or [0.0, stored.budget]
+        lr_before = self.lr_at(_fraction(old_used, old_span))
+        if (stored.budget, stored.budget_type) != (c.budget, c.budget_type):
+            used = self.budget_used()
+            # Old spans are measured in the stored unit; carry them over at the rate the run
+            # went so far (minutes -> steps, ...).
+            scale = 1.0 if stored.budget_type == c.budget_type else (
+                used / old_used if old_used > 0 else 0.0)
+            start, end = old_span[0] * scale, old_span[1] * scale
+            if schedule == "stretch" or end <= start:
+                st.lr_span = [start, c.budget]
+            elif schedule == "keep":
+                st.lr_span = [start, end]
+            else:  # restart
+                st.lr_span = [used, c.budget]
+        return {"used": self.budget_used(), "total": c.budget, "unit": c.budget_type,
+                "lr_before": lr_before, "lr_after": self.lr_at(self.schedule_progress())}
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -354,13 +442,22 @@ class Trainer:
             self.state.matched = self.state.matched.to(self.device)
 
     # ------------------------------------------------------------------------------- budget
+    def budget_used(self, budget_type: str | None = None) -> float:
+        """How much of a budget unit ("minutes", "steps", ...; default the run's) the run has
+        used so far."""
+        st = self.state
+        return {"minutes": st.elapsed / 60.0, "cpu_minutes": st.cpu_elapsed / 60.0,
+                "epochs": st.examples_seen / self.data.shape[0],
+                "steps": float(st.step),
+                "outer": float(self.outer_done())}[budget_type or self.config.budget_type]
+
     def progress(self) -> float:
         """Fraction of the budget used, in [0, inf)."""
-        c = self.config
-        done = {"minutes": self.elapsed / 60.0, "cpu_minutes": self.cpu_elapsed / 60.0,
-                "epochs": self.examples_seen / self.data.shape[0],
-                "steps": float(self.step), "outer": float(self.outer_done())}[c.budget_type]
-        return done / c.budget
+        return self.budget_used() / self.config.budget
+
+    def schedule_progress(self) -> float:
+        """Where the run stands in its learning-rate schedule, in [0, 1] (see ``lr_span``)."""
+        return _fraction(self.budget_used(), self.state.lr_span or [0.0, self.config.budget])
 
     def outer_done(self) -> int:
         """Completed outer iterations (the current one counts once all its steps ran)."""
@@ -369,6 +466,7 @@ class Trainer:
         return self.outer - (1 if self.inner_step < self.steps_per_outer else 0)
 
     def lr_at(self, progress: float) -> float:
+        """The learning rate at a fraction ``progress`` of the schedule (and this step)."""
         o = self.config.optim
         lr = o.lr
         if o.lr_schedule == "cosine":
@@ -453,7 +551,7 @@ class Trainer:
         part = slice(r * idx.numel() // w, (r + 1) * idx.numel() // w)
         rows = st.subset[idx[part]].to(self.device)
         z = st.matched[idx[part].to(self.device)]
-        lr = self.lr_at(self.progress())
+        lr = self.lr_at(self.schedule_progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         extra = {} if self.conditions is None else {"conditions": self.conditions[rows]}
@@ -618,7 +716,7 @@ class Trainer:
                                         else list(self.conditions.shape[1:])),
                     "num_examples": self.data.shape[0], "imle_version": __version__,
                     "torch_version": torch.__version__,
-                    "distance": self.method.distance.describe()}
+                    "distance": self.method.distance.describe(), **self.processes}
             atomic_write_text(self.run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
             self._opened = True
         try:
@@ -641,13 +739,11 @@ class Trainer:
             self._writer = None
         self._lock.release()
 
-    def _progress_bar(self) -> Any:
+    def _progress_bar(self) -> Progress | None:
         if self.config.progress != "tqdm" or not self.main:
             return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=1000, initial=min(1000, int(self.progress() * 1000)),
-                    desc=f"imle {self.run_dir.name}", unit="‰", dynamic_ncols=True)
+        return Progress(self.config.budget, self.config.budget_type, f"imle {self.run_dir.name}",
+                        used=self.budget_used())
 
     # --------------------------------------------------------------------------------- loop
     def train(self, until_step: int | None = None,
@@ -663,9 +759,20 @@ class Trainer:
 
         Returns:
             Summary with "status" ("finished", "interrupted" or "paused"), "step", "outer",
-            "elapsed_s", "checkpoint" and the last log record.
+            "elapsed_s", "trained_steps" (SGD steps this call took), "checkpoint" and the last
+            log record. A resumed run whose budget is already spent trains nothing, writes
+            nothing and warns.
         """
         st, last_record, first_step, bar, folder = self.state, {}, self.step, None, None
+        if self._resuming and self.progress() >= 1.0:
+            # Nothing to train: leave the folder (config.json included) as it is.
+            warnings.warn(f"nothing trained: {self.run_dir} has used {self.budget_used():g} of "
+                          f"its {self.config.budget:g} {self.config.budget_type.replace('_', ' ')}"
+                          f"; resume with a larger total budget", RuntimeWarning, stacklevel=2)
+            self.close()
+            return {"status": "finished", "signal": None, "step": st.step, "outer": st.outer,
+                    "elapsed_s": st.elapsed, "trained_steps": 0, "checkpoint": None,
+                    "last": {}}
         try:
             with self._signals():
                 self.open()
@@ -687,9 +794,7 @@ class Trainer:
                     if mark is not None:
                         self._save_snapshot(mark)
                     if bar is not None:
-                        bar.n = min(1000, int(self.progress() * 1000))
-                        bar.set_postfix(loss=f"{loss:.3g}", outer=st.outer, refresh=False)
-                        bar.update(0)
+                        bar.update(self.budget_used(), step=st.step, loss=loss)
                     if time.perf_counter() - last_ckpt > self.config.checkpoint_every_minutes * 60:
                         self.checkpoint()
                         last_ckpt = time.perf_counter()
@@ -707,7 +812,7 @@ class Trainer:
         status = ("interrupted" if self._stop_reason else
                   "finished" if self.progress() >= 1.0 else "paused")
         return {"status": status, "signal": self._stop_reason, "step": st.step,
-                "outer": st.outer, "elapsed_s": st.elapsed,
+                "outer": st.outer, "elapsed_s": st.elapsed, "trained_steps": st.step - first_step,
                 "checkpoint": None if folder is None else str(folder), "last": last_record}
 
     def _advance_clocks(self, seconds: float, cpu_seconds: float) -> None:
