@@ -371,8 +371,7 @@ class TrainConfig(_Typed):
              f"budget_type={self.budget_type!r}; choose minutes, cpu_minutes, epochs, steps "
              "or outer")
         need(self.budget > 0 and math.isfinite(self.budget),
-             f"budget must be a positive number, got {self.budget:g} (the flag "
-             f"--{self.budget_type.replace('_', '-')})")
+             f"budget must be a positive number, got {self.budget}")
         need(self.budget_type not in ("steps", "outer") or self.budget == int(self.budget),
              f"a budget of {self.budget:g} {self.budget_type} is not a whole number")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
