@@ -250,3 +250,14 @@ def test_the_readme_python_quick_start_runs(tmp_path, data_dir, monkeypatch):
     assert scope["trainer"].step == 200
     assert torch.isfinite(scope["loss"]) and scope["loss"].item() > 0
     assert (tmp_path / "runs" / "mnist-python" / "config.json").exists()
+
+
+def test_the_readme_documents_what_the_cli_does():
+    text = (REPO / "README.md").read_text()
+    for name in list_datasets():  # every named data set
+        assert f"`{name}`" in text, name
+    for phrase in ("--more", "--resume-lr", "IMLE_DATA_DIR", "--data-dir", "imle datasets",
+                   "docs/baselines.md", "train-classifier", "real-data reference"):
+        assert phrase in text, phrase
+    assert "floor" not in text and "extends budget" not in text
+    assert "The paper's argument" in text  # the no-dropped-modes claim is the paper's
