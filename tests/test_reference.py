@@ -57,7 +57,7 @@ def _small(**updates) -> imle.TrainConfig:
     return replace(base, **updates) if updates else base
 
 
-def test_reference_rules_in_the_loop(tmp_path) -> None:
+def test_reference_rules_in_the_loop(tmp_path, data_dir) -> None:
     tr = imle.Trainer(_small(**{"data.limit": 128}), tmp_path / "ref")
     gen = tr.method.generator
     bn = next(m for m in gen.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -85,7 +85,7 @@ def test_reference_rules_in_the_loop(tmp_path) -> None:
 TINY = {"model.type": "dcgan28", "model.width": 8, "model.latent_dim": 8}
 
 
-def test_optimizer_restarts_every_n_epochs(tmp_path) -> None:
+def test_optimizer_restarts_every_n_epochs(tmp_path, data_dir) -> None:
     tr = imle.Trainer(_small(**TINY), tmp_path / "restart")
     steps_seen = []
     tr.train(after_step=lambda t: steps_seen.append(
@@ -96,7 +96,7 @@ def test_optimizer_restarts_every_n_epochs(tmp_path) -> None:
     assert tr.state.optimizer_restarts == 1  # at epoch 2; the refresh at epoch 4 never came
 
 
-def test_reference_run_resumes_exactly(tmp_path) -> None:
+def test_reference_run_resumes_exactly(tmp_path, data_dir) -> None:
     from imle.checkpoint import latest_checkpoint, load_weights
 
     imle.Trainer(_small(**TINY), tmp_path / "a").train()

@@ -223,7 +223,7 @@ def test_low_space_prunes_old_checkpoints_first_but_never_the_newest(two_checkpo
 
 # ------------------------------------------------------------------ damaged checkpoints
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, data_dir):
     os.environ.setdefault("IMLE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     run = tmp_path_factory.mktemp("damaged") / "run"
     trainer = imle.Trainer(tiny(budget=20), run)
