@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from imle.config import PRESETS, replace
-from imle.gan_trainer import trainer_class
 from imle.metrics import evaluate
 from imle.runs import sample_from_run
+from imle.training import Trainer
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
     cfg = replace(PRESETS[a.preset](), threads=1, progress="none", sample_every_outer=20,
                   device=a.device, **budget, **{"data.data_dir": a.data_dir}, **over)
     run = a.out / a.name
-    summary = trainer_class(cfg)(cfg, run).train()
+    summary = Trainer(cfg, run).train()
     x, _ = sample_from_run(run, 10_000, seed=0, device=a.device)
     fid = evaluate(x, "mnist", ["fid"], data_dir=a.data_dir, seed=0, floors=False,
                    extractor=a.extractor)["metrics"]["fid"]

@@ -58,8 +58,9 @@ def cases() -> dict[str, tuple[imle.TrainConfig, torch.Tensor, torch.Tensor | No
                                  "method.options": {"epsilon": 0.05, "adaptive": True,
                                                     "staleness": 1, "force": 3}}), x2, None),
         "conditional": (_base(**{"data.task": "pairs", "model.type": "cond-mlp",
-                                 "method.type": "rs", "method.options": {"epsilon": 0.2}, "method.pool_multiplier": 8.0,
-                                 "method.subset_size": None}), xc, cond),
+                                 "method.type": "rs", "method.options": {"epsilon": 0.2},
+                                 "method.pool_multiplier": 8.0, "method.subset_size": None}),
+                        xc, cond),
         "gan": (gan, x2, None),
     }
 

@@ -1,4 +1,4 @@
-"""Tests of ``imle eval`` / ``imle train-classifier`` through imle.cli_eval.main and register."""
+"""Tests of ``imle eval`` / ``imle train-classifier`` through imle.cli.eval.main and register."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import torch
 
-from imle.cli_eval import main, register, run_eval, run_train_classifier
+from imle.cli.eval import main, register, run_eval, run_train_classifier
 
 
 def _ring_samples(n=1500, seed=1):

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 import imle
-from imle.conditional import ConditionalIMLE
 from imle.config import replace
 from imle.data.tasks import degrade, inpaint_mask, make_task
 from imle.errors import ConfigError, DataError
 from imle.knn.grouped import search_grouped
+from imle.methods import ConditionalIMLE
 
 
 @pytest.mark.parametrize("metric", ["l2", "l1", "cosine"])

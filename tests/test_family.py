@@ -15,7 +15,7 @@ from imle.distances import DISTANCES, build_distance
 from imle.errors import CheckpointError, ConfigError, DataError
 from imle.lpips import CHANNELS, LPIPS, TAPS
 from imle.matchers import AdaptiveMatcher, nn_distance_scale
-from imle.method import mix_seed
+from imle.methods import mix_seed
 
 
 def mlp(d_in: int, d_out: int) -> nn.Module:
@@ -389,9 +389,9 @@ def test_checkpoint_of_another_rule_is_refused(tmp_path, data_dir):
     run = tmp_path / "run"
     imle.Trainer(family_config("adaptive", "l2"), run).train()
     config = json.loads((run / "config.json").read_text())
-    config["method"]["type"] = "imle"
+    config["method"]["matcher"] = "vanilla"
     config["method"]["options"] = {}
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="method.type is 'imle' but the checkpoint was "
-                                              "trained with 'adaptive'"):
+    with pytest.raises(CheckpointError, match="method.matcher is 'vanilla' but the checkpoint "
+                                              "was trained with 'adaptive'"):
         imle.Trainer.resume(run)

@@ -1,4 +1,4 @@
-"""The GAN baseline (`imle.baselines.gan`, ``imle train --method gan``): losses, R1, the loop,
+"""The GAN baseline (`imle.methods.gan`, ``imle train --method gan``): losses, R1, the loop,
 exact resume, run-folder files and refusals."""
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import torch
 import torch.nn.functional as F
 
 import imle
-from imle.baselines.gan import GAN, GANObjective, build_discriminator
 from imle.checkpoint import latest_checkpoint, load_weights
 from imle.cli import main
 from imle.config import gan_config, replace
 from imle.errors import ConfigError
-from imle.gan_trainer import GANTrainer, trainer_class
+from imle.methods.gan import GAN, GANObjective, build_discriminator
 from imle.nets import build_generator
 
 
@@ -95,11 +94,11 @@ def test_lazy_r1_is_applied_every_nth_step_with_that_weight() -> None:
 
 
 def test_gan_trains_and_resumes_exactly(tmp_path) -> None:
-    full = GANTrainer(ring_config(), tmp_path / "full")
+    full = imle.Trainer(ring_config(), tmp_path / "full")
     assert full.train()["status"] == "finished"
-    part = GANTrainer(ring_config(), tmp_path / "part")
+    part = imle.Trainer(ring_config(), tmp_path / "part")
     assert part.train(until_step=13)["status"] == "paused"
-    resumed = GANTrainer.resume(tmp_path / "part")
+    resumed = imle.Trainer.resume(tmp_path / "part")
     assert resumed.step == 13
     resumed.train()
     logs = [[json.loads(x) for x in (tmp_path / r / "log.jsonl").read_text().splitlines()]
@@ -125,7 +124,7 @@ def test_cli_method_gan_starts_from_the_gan_preset(tmp_path, capsys) -> None:
     config = imle.TrainConfig.from_json(run / "config.json")
     assert config.method.type == "gan" and config.optim.lr == gan_config().optim.lr
     assert (latest_checkpoint(run / "checkpoints") / "discriminator.safetensors").exists()
-    assert trainer_class(config) is GANTrainer
+    assert isinstance(imle.runs.load_method(run)[0], GAN)
     assert main(["train", "--resume", str(run), "--steps", "8"]) == 0
     assert '"step": 8' in capsys.readouterr().out
 
@@ -138,16 +137,13 @@ def test_cli_method_gan_starts_from_the_gan_preset(tmp_path, capsys) -> None:
 ])
 def test_bad_gan_settings_are_named(tmp_path, updates: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        GANTrainer(ring_config(**updates), tmp_path / "bad")
+        imle.Trainer(ring_config(**updates), tmp_path / "bad")
 
 
-def test_gan_trainer_refuses_imle_configs_and_torchrun(tmp_path, monkeypatch) -> None:
-    with pytest.raises(ConfigError, match="imle.Trainer"):
-        GANTrainer(replace(ring_config(), **{"method.type": "imle", "method.options": {}}),
-                   tmp_path / "x")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="torchrun"):
-        GANTrainer(ring_config(), tmp_path / "y")
+def test_gan_refuses_a_conditional_task(tmp_path) -> None:
+    # The one loop trains every method; what the GAN cannot do is named when the config is built.
+    with pytest.raises(ConfigError, match="unconditional"):
+        replace(ring_config(), **{"data.task": "class", "model.type": "cond-mlp"})
 
 
 def test_gan_host_samples_like_imle() -> None:

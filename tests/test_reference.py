@@ -66,10 +66,10 @@ def test_reference_rules_in_the_loop(tmp_path, data_dir) -> None:
     assert not torch.equal(before, bn.running_mean)
     # Noise once per refresh: the returned latents are the rule's plus 0.01-scale noise.
     clean = tr.method.matcher.latents[tr.state.subset]
-    diff = tr.state.matched - clean
+    diff = tr.state.outer_state["latents"] - clean
     assert 0.005 < float(diff.std()) < 0.02
     # ... and none in the SGD step: the loss of a step is a function of the batch alone.
-    x, z = tr.data[:4], tr.state.matched[:4]
+    x, z = tr.data[:4], tr.state.outer_state["latents"][:4]
     gen.eval()
     assert torch.equal(tr.method(x, z), tr.method(x, z))
     # The loss is nn.MSELoss: the mean over pixels.
@@ -77,8 +77,8 @@ def test_reference_rules_in_the_loop(tmp_path, data_dir) -> None:
     torch.testing.assert_close(tr.method(x, z), expect)
     gen.train()
     # One fixed order of the data: the second pass repeats the first.
-    first = [tr._next_batch().tolist() for _ in range(4)]
-    second = [tr._next_batch().tolist() for _ in range(4)]
+    first = [tr._next_positions().tolist() for _ in range(4)]
+    second = [tr._next_positions().tolist() for _ in range(4)]
     assert first == second
 
 

@@ -417,7 +417,7 @@ def test_ctrl_c_before_the_first_step_is_one_line(tmp_path, data_dir):
     script = textwrap.dedent("""
         import os, signal, sys
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        import imle.trainer as t
+        import imle.training.trainer as t
         from imle.cli import main
         load = t.load_data
         def interrupted_load(config):

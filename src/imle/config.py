@@ -149,15 +149,19 @@ class ModelConfig(_Typed):
 
 @dataclass(frozen=True)
 class MethodConfig(_Typed):
-    """IMLE's matching step (Li & Malik 2018, Algorithm 1) and the family's rules.
+    """The training method (`imle.methods`) and IMLE's matching step (Li & Malik 2018,
+    Algorithm 1) with the family's rules.
 
     Attributes:
-        type: matching rule: "imle" (vanilla), "rs" (Rejection-Sampling IMLE) or "adaptive"
-            (Adaptive IMLE), see `imle.matchers`; or "gan", the GAN baseline on the same
-            generator (`imle.baselines.gan`; options there).
-        options: the rule's options, e.g. {"epsilon": 3.0} or {"epsilon_nn_frac": 0.5,
-            "adaptive": true} for "rs", {"staleness": 7, "force": 30, "gamma": 0.04} for
-            "adaptive".
+        type: the method, a name of `imle.methods.METHODS`: "imle", "gan" (the GAN baseline on
+            the same generator, `imle.methods.gan`; options there) or "regression" (T(0, c)
+            fit by regression). A matching rule's name ("vanilla", "rs", "adaptive") is
+            shorthand for "imle" with that matcher.
+        matcher: IMLE's matching rule, see `imle.matchers`: "vanilla" (Li & Malik 2018), "rs"
+            (Rejection-Sampling IMLE) or "adaptive" (Adaptive IMLE).
+        options: the method's options: for "imle" its matcher's, e.g. {"epsilon": 3.0} or
+            {"epsilon_nn_frac": 0.5, "adaptive": true} for "rs", {"staleness": 7, "force": 30,
+            "gamma": 0.04} for "adaptive".
         distance: space the matching searches in: "l2" (squared Euclidean), "l1", "cosine",
             "projection", "classifier", "classifier+l2", "lpips", "lpips+l2"; see
             `imle.distances`.
@@ -190,6 +194,7 @@ class MethodConfig(_Typed):
     """
 
     type: str = "imle"
+    matcher: str = "vanilla"
     options: dict = field(default_factory=dict)
     distance: str = "l2"
     distance_options: dict = field(default_factory=dict)
@@ -208,6 +213,22 @@ class MethodConfig(_Typed):
     pool_precision: str = "auto"
     pool_train_mode: bool = False
     train_precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # A matching rule named as the method (the former spelling: type="rs") is IMLE with
+        # that rule; "imle" as a matcher is the former name of "vanilla".
+        if self.type in MATCHER_SHORTHANDS:
+            object.__setattr__(self, "matcher", self.type)
+            object.__setattr__(self, "type", "imle")
+        if self.type == "regression":
+            object.__setattr__(self, "matcher", "regression")
+        if self.matcher == "imle":
+            object.__setattr__(self, "matcher", "vanilla")
+
+
+#: ``method.type`` values that mean IMLE with that matching rule.
+MATCHER_SHORTHANDS = ("vanilla", "rs", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -299,7 +320,7 @@ class TrainConfig(_Typed):
         Runs when the config is built; types are checked before it by each section."""
         from imle.data.tasks import TASK_PATTERN
         from imle.distances import DISTANCES
-        from imle.matchers import MATCHERS
+        from imle.methods import method_class
         from imle.nets import CONDITIONAL_GENERATORS, GENERATORS
 
         def need(cond: bool, msg: str) -> None:
@@ -325,14 +346,7 @@ class TrainConfig(_Typed):
              f"method.pool_multiplier must be > 0, got {m.pool_multiplier}")
         need(m.refresh_epochs > 0, f"method.refresh_epochs must be > 0, got {m.refresh_epochs}")
         need(m.latent_noise >= 0, "method.latent_noise must be >= 0")
-        need(m.type in MATCHERS or m.type == "gan",
-             f"method.type={m.type!r} is unknown; choose one of {sorted(MATCHERS) + ['gan']}")
-        if m.type == "gan":
-            from imle.baselines.gan import validate_gan_options
-
-            validate_gan_options(m.options)
-        else:
-            MATCHERS[m.type].validate_options(m.options)
+        method_class(m.type).validate_config(self)
         for key, name, opts in (("distance", m.distance, m.distance_options),
                                 ("loss", m.loss, m.loss_options)):
             if name is None and key == "loss":
@@ -468,6 +482,10 @@ def config_mismatch(trained: dict[str, Any], current: dict[str, Any]) -> str | N
     was trained with, ignoring `RESUME_MAY_CHANGE`; None when they agree. Fields missing from
     ``trained`` (written by an older imle) compare equal to their defaults."""
     defaults = _flatten(TrainConfig().to_dict())
+    try:  # in today's spelling (method.type "rs" -> "imle" with method.matcher "rs", ...)
+        trained = TrainConfig.from_dict(trained).to_dict()
+    except ConfigError:
+        pass
     a, b = _flatten(trained), _flatten(current)
     for key in sorted(set(a) | set(b)):
         if key in RESUME_MAY_CHANGE:
@@ -537,7 +555,7 @@ def reference_config() -> TrainConfig:
 def gan_config() -> TrainConfig:
     """The GAN baseline's configuration: the default run with ``method.type="gan"`` and the
     optimiser a GAN needs (Adam 2e-3, betas 0 / 0.99, constant rate; discriminator at 2x the
-    rate with spectral norm and R1, see `imle.baselines.gan.GAN_OPTIONS`)."""
+    rate with spectral norm and R1, see `imle.methods.gan.GAN_OPTIONS`)."""
     return TrainConfig(
         method=MethodConfig(type="gan", subset_size=None, recall_sample=0),
         optim=OptimConfig(type="adam", lr=2e-3, beta1=0.0, beta2=0.99, lr_schedule="constant",

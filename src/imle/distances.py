@@ -21,7 +21,6 @@ Adding a distance means adding a class with `register_distance`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,19 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from imle.errors import ConfigError, ShapeError
+from imle.registry import class_registrar
 
 DISTANCES: dict[str, type[Distance]] = {}
 
 
-def register_distance(name: str) -> Callable[[type[Distance]], type[Distance]]:
-    """Class decorator adding a `Distance` subclass under ``name``."""
-
-    def wrap(cls: type[Distance]) -> type[Distance]:
-        cls.name = name
-        DISTANCES[name] = cls
-        return cls
-
-    return wrap
+#: Class decorator adding a `Distance` subclass under ``name``.
+register_distance = class_registrar(DISTANCES, "`Distance`")
 
 
 def check_options(owner: str, defaults: dict[str, Any], options: dict[str, Any] | None

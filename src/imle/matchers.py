@@ -10,9 +10,9 @@ shards and conditions are lists of ids. `imle.IMLE.match` drives it:
 3. The nearest remaining candidate of each selected example is found by `imle.knn`.
 4. ``commit(ids, selected, latents, distances, current)``: stores the new latents and state.
 
-Rules (chosen by ``method.type``):
+Rules (chosen by ``method.matcher``):
 
-* ``imle`` (Li & Malik 2018): every example of S is re-matched to its nearest pool sample.
+* ``vanilla`` (Li & Malik 2018): every example of S is re-matched to its nearest pool sample.
 * ``rs`` (Vashist, Peng & Li, ECCV 2024): pool samples within ``epsilon`` of any example being
   matched (or of any training example) are rejected first; ``adaptive=True`` adds the adaptive
   selection below, as the RS-IMLE code can.
@@ -33,23 +33,25 @@ import torch
 from imle import dist
 from imle.distances import check_options
 from imle.errors import ConfigError, DataError
+from imle.registry import class_registrar
 
 MATCHERS: dict[str, type[Matcher]] = {}
+#: Former names of rules, as older configs and checkpoints spell them.
+ALIASES = {"imle": "vanilla"}
 
 #: search(queries, pool) -> (distances (n,), indices (n,)) nearest pool row of each query,
 #: distances in the search metric (squared for "l2").
 SearchFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def register_matcher(name: str) -> Callable[[type[Matcher]], type[Matcher]]:
-    """Class decorator adding a `Matcher` subclass under ``name``."""
+def canonical_matcher(name: str) -> str:
+    """A rule's registered name (``"imle"``, the former name of the vanilla rule, maps to
+    ``"vanilla"``)."""
+    return ALIASES.get(name, name)
 
-    def wrap(cls: type[Matcher]) -> type[Matcher]:
-        cls.name = name
-        MATCHERS[name] = cls
-        return cls
 
-    return wrap
+#: Class decorator adding a `Matcher` subclass under ``name``.
+register_matcher = class_registrar(MATCHERS, "`Matcher`")
 
 
 class Matcher:
@@ -60,7 +62,7 @@ class Matcher:
     (distance of the last match in the search metric).
     """
 
-    name: ClassVar[str] = "imle"
+    name: ClassVar[str] = "vanilla"
     OPTIONS: ClassVar[dict[str, Any]] = {}
     needs_current: ClassVar[bool] = False
     #: The model is trained at z = 0 only, so samples are drawn at z = 0 too (regression).
@@ -106,7 +108,7 @@ class Matcher:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores `state_dict`; raises ConfigError if it belongs to another rule."""
-        if state.get("name") != self.name:
+        if canonical_matcher(str(state.get("name"))) != self.name:
             raise ConfigError(f"checkpoint holds matcher {state.get('name')!r}, this run uses "
                               f"{self.name!r}")
         self.latents = state["latents"].float()
@@ -163,7 +165,7 @@ class Matcher:
         self.matched_dist[sel] = distances
 
 
-@register_matcher("imle")
+@register_matcher("vanilla")
 class IMLEMatcher(Matcher):
     """Vanilla IMLE: every example of S is re-matched at every refresh."""
 
@@ -399,6 +401,7 @@ def build_matcher(spec: str | Matcher, options: dict[str, Any] | None = None) ->
         if options:
             raise ConfigError("options are given with the Matcher instance itself")
         return spec
+    spec = canonical_matcher(spec)
     if spec not in MATCHERS:
-        raise ConfigError(f"unknown method type {spec!r}; choose one of {sorted(MATCHERS)}")
+        raise ConfigError(f"unknown matching rule {spec!r}; choose one of {sorted(MATCHERS)}")
     return MATCHERS[spec](**(options or {}))

@@ -1,7 +1,7 @@
 """Reading run folders: the stored config, the sample shape, the method with trained weights.
 
-A run folder is written by `imle.Trainer`; this module only reads it, so sampling and evaluation
-never import the training loop.
+A run folder is written by `imle.Trainer` (`imle.training`); this module only reads it, so
+sampling and evaluation never import the training loop.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from typing import Any
 import torch
 
 from imle.checkpoint import checkpoint_problem, find_checkpoint, load_weights, read_manifest
-from imle.conditional import ConditionalIMLE
 from imle.config import DEVICE_PATTERN, TrainConfig, config_hash, config_mismatch
 from imle.errors import CheckpointError, ConfigError
-from imle.method import IMLE
-from imle.nets import auto_generator, build_conditional_generator, build_generator
+from imle.methods import ConditionalIMLE, Method, method_class
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,40 +32,14 @@ def resolve_device(name: str) -> torch.device:
 def build_method(config: TrainConfig, sample_shape: tuple[int, ...],
                  device: torch.device | str = "cpu",
                  generator: torch.nn.Module | None = None,
-                 cond_shape: tuple[int, ...] | None = None) -> IMLE:
-    """Builds the generator (initialised from config.seed) and the IMLE method around it; a
-    conditional run (``data.task`` set) gets a `ConditionalIMLE` for conditions of
-    ``cond_shape``."""
-    m = config.model
+                 cond_shape: tuple[int, ...] | None = None) -> Method:
+    """Builds the run's method (``method.type``, `imle.methods.METHODS`) around its generator
+    (initialised from config.seed unless given); a conditional run (``data.task`` set) gets
+    conditions of ``cond_shape``."""
     if config.data.task and cond_shape is None:
         raise ConfigError(f"data.task={config.data.task!r} needs the condition shape")
-    if generator is None:
-        kind = m.type if m.type != "auto" else auto_generator(sample_shape, cond_shape)[0]
-        # Seed only the initialisation, without reseeding the caller's global stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            if config.data.task:
-                generator = build_conditional_generator(kind, m.latent_dim, sample_shape,
-                                                        tuple(cond_shape), m.width)
-            else:
-                generator = build_generator(kind, m.latent_dim, sample_shape, m.width)
-    if config.method.type == "gan":
-        from imle.baselines.gan import GAN
-
-        if config.data.task:
-            raise ConfigError("method.type='gan' is unconditional; leave data.task empty")
-        method = GAN(generator, m.latent_dim, sample_shape, config.method.options,
-                     g_lr=config.optim.lr, beta2=config.optim.beta2,
-                     ema_decay=config.optim.ema_decay,
-                     pool_batch_size=config.method.pool_batch_size,
-                     pool_precision=config.method.pool_precision)
-    elif config.data.task:
-        method = ConditionalIMLE.from_config(config.method, generator, m.latent_dim,
-                                             ema_decay=config.optim.ema_decay,
-                                             cond_shape=tuple(cond_shape))
-    else:
-        method = IMLE.from_config(config.method, generator, m.latent_dim,
-                                  ema_decay=config.optim.ema_decay)
+    method = method_class(config.method.type).from_config(
+        config, tuple(sample_shape), tuple(cond_shape) if config.data.task else None, generator)
     return method.to(device)
 
 
@@ -103,10 +75,7 @@ def condition_shape_of(run_dir: str | Path) -> tuple[int, ...] | None:
 
 def weight_files(config: TrainConfig) -> tuple[str, ...]:
     """The weight files every checkpoint and snapshot of a run with this config holds."""
-    ema = config.optim.ema_decay > 0
-    gan = config.method.type == "gan"
-    return (("model.safetensors",) + (("ema.safetensors",) if ema else ())
-            + (("discriminator.safetensors",) if gan else ()))
+    return method_class(config.method.type).weight_files(config)
 
 
 def check_checkpoint_config(folder: Path, config: TrainConfig) -> None:
@@ -127,7 +96,7 @@ def check_checkpoint_config(folder: Path, config: TrainConfig) -> None:
 
 
 def load_method(run_dir: str | Path, checkpoint: str | Path | None = None,
-                device: str = "cpu") -> tuple[IMLE, TrainConfig]:
+                device: str = "cpu") -> tuple[Method, TrainConfig]:
     """Rebuilds a run's method with trained weights (EMA weights too, when the run keeps them).
 
     Args:
@@ -155,9 +124,9 @@ def load_method(run_dir: str | Path, checkpoint: str | Path | None = None,
     check_checkpoint_config(folder, config)
     method = build_method(config, sample_shape_of(run_dir), resolve_device(device),
                           cond_shape=condition_shape_of(run_dir))
-    method.generator.load_state_dict(load_weights(folder / "model.safetensors"))
-    if method.ema is not None:
-        method.ema.load_state_dict(load_weights(folder / "ema.safetensors"))
+    # The generator and its EMA: what sampling needs (a GAN's critic stays untrained).
+    method.load_weights({stem: load_weights(folder / f"{stem}.safetensors")
+                         for stem in ("model", "ema") if stem in method.weights()})
     return method, config
 
 

@@ -98,14 +98,14 @@ def train(ctx: Context, config: TrainConfig, name: str, data: torch.Tensor | Non
     import shutil
 
     from imle.config import replace
-    from imle.gan_trainer import trainer_class
+    from imle.training import Trainer
 
     run = ctx.runs / name
     if run.exists():
         shutil.rmtree(run)
     config = replace(config, **{"device": ctx.device, "threads": ctx.threads,
                                 "progress": "none", "checkpoint_every_minutes": 1e6})
-    trainer = trainer_class(config)(config, run, data=data, generator=generator)
+    trainer = Trainer(config, run, data=data, generator=generator)
     if setup is not None:
         setup(trainer)
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ import torch
 
 from imle.config import TrainConfig, replace
 from imle.data import load_dataset
-from imle.method import mix_seed
+from imle.methods import mix_seed
 from imle.reproduce.common import Context, save_samples, score_images, write_table
 from imle.runs import build_method
 

@@ -20,7 +20,7 @@ from torch import nn
 from imle import dist
 from imle.errors import DataError, ShapeError
 from imle.knn.grouped import nearest_kept, paired_distances
-from imle.method import IMLE, Matches
+from imle.methods.imle import IMLE, Matches
 
 
 class ConditionalIMLE(IMLE):

@@ -17,6 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from imle.cli.errors import run_handler
+from imle.cli.eval import register as register_eval
 from imle.config import METHOD_PRESETS, PRESETS, RESUME_SCHEDULES, SECTIONS, TrainConfig
 from imle.errors import ConfigError, DataError
 
@@ -163,12 +165,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
                           help="data folder (default: $IMLE_DATA_DIR, else ~/.cache/imle/data)")
     datasets.set_defaults(func=_cmd_datasets)
 
-    try:
-        from imle.cli_eval import register
-    except ImportError:  # the evaluation commands are optional in a partial install
-        register = None
-    if register is not None:
-        register(sub)
+    register_eval(sub)
     return parser, table
 
 
@@ -210,7 +207,7 @@ def _budget_flag(args: argparse.Namespace) -> tuple[str | None, float | None]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from imle import dist
-    from imle.gan_trainer import trainer_class
+    from imle.training import Trainer
 
     if args.resume:
         trainer = _resume(args)
@@ -224,7 +221,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             model = "" if config.model.type == "auto" else f"-{config.model.type}"
             name = args.name or f"{stem}{model}-{time.strftime('%Y%m%d-%H%M%S')}"
             run_dir = (args.out or Path("runs")) / name
-        trainer = trainer_class(config)(config, run_dir)
+        trainer = Trainer(config, run_dir)
         trainer.open()  # lock the folder and refuse one holding a run before loading more
         if trainer.main:
             _say("\n".join(f"  {k:<11}{v}" for k, v in trainer.describe().items()))
@@ -262,8 +259,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> Any:
     """Rebuilds the run named by --resume with the budget the flags ask for; None (after
     saying why) when that budget is already spent, leaving the folder untouched."""
-    from imle.gan_trainer import trainer_class
     from imle.runs import read_config
+    from imle.training import Trainer
 
     extra = ["--" + dest.split("__")[-1].replace("_", "-")
              for _, _, dest in args.table if hasattr(args, dest)]
@@ -282,8 +279,8 @@ def _resume(args: argparse.Namespace) -> Any:
     if args.resume_lr is not None and budget is None:
         raise ConfigError("--resume-lr places the learning-rate schedule for a new budget; "
                           "give one (a total such as --minutes 20, or --more 5)")
-    trainer = trainer_class(stored).resume(args.resume, budget=budget, budget_type=budget_type,
-                                           schedule=args.resume_lr or "stretch")
+    trainer = Trainer.resume(args.resume, budget=budget, budget_type=budget_type,
+                             schedule=args.resume_lr or "stretch")
     info = trainer.resumed_from
     unit = info["unit"].replace("_", " ")
     if trainer.progress() >= 1.0:
@@ -405,8 +402,6 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 
 def main(argv: list[str] | None = None) -> int:
-    from imle.cli_eval import run_handler
-
     parser, _ = _build_parser()
     return run_handler(_parse(parser, argv))
 

@@ -7,14 +7,11 @@ takes L SGD steps on ``loss = method(x, z_matched)`` with the matched latents fi
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,12 +20,19 @@ from imle.distances import Distance, build_distance
 from imle.errors import ConfigError, ShapeError
 from imle.knn import Searcher
 from imle.knn import search as knn_search
-from imle.knn._kernels import native_bf16
-from imle.matchers import Matcher, build_matcher
+from imle.matchers import MATCHERS, Matcher, build_matcher
+from imle.methods.base import (
+    Batch,
+    Method,
+    Outer,
+    Step,
+    mix_seed,
+    register_method,
+    subset_words,
+)
 
-# Latents are drawn in fixed chunks, each from its own seed, so a pool is the same whatever the
-# generation batch size or the number of ranks sharing its generation.
-LATENT_CHUNK = 4096
+if TYPE_CHECKING:
+    from imle.config import TrainConfig
 
 
 @dataclass
@@ -65,27 +69,19 @@ class Matches:
     stats: dict = field(default_factory=dict)
 
 
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, distinct for distinct tuples (numpy's SeedSequence hash).
+@register_method("imle")
+class IMLE(Method):
+    """Implicit Maximum Likelihood Estimation around any generator (``method.type = "imle"``).
 
-    ``mix_seed(seed, outer)`` never collides across seeds the way ``seed * K + outer`` does.
-    """
-    state = np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) % 2**63
-
-
-#: Fields of `imle.config.MethodConfig` that the training loop, not the method, uses.
-LOOP_FIELDS = ("subset_size", "refresh_epochs", "recall_sample", "recall_every_outer")
-
-
-class IMLE(nn.Module):
-    """Implicit Maximum Likelihood Estimation around any generator.
+    An outer iteration draws a pool of pool_multiplier * |S| latents, generates T(z) without
+    gradients and lets the matching rule give each example of S a latent (`match`); the loss
+    of a mini-batch is loss(x_i, T(z_i + noise)) with those latents fixed (`forward`).
 
     Args:
         generator: module mapping (B, latent_dim) to (B, C, H, W) or (B, D).
         latent_dim: dimension of z ~ N(0, I).
-        type: matching rule, a name of `imle.matchers.MATCHERS` ("imle", "rs", "adaptive") or a
-            `Matcher` instance.
+        matcher: matching rule, a name of `imle.matchers.MATCHERS` ("vanilla", "rs",
+            "adaptive") or a `Matcher` instance. ``type`` is its former name, still accepted.
         options: the matching rule's options (see its class).
         distance: space the matching searches in, a name of `imle.distances.DISTANCES` ("l2" =
             squared Euclidean, "l1", "cosine", "projection", "classifier", "classifier+l2",
@@ -107,16 +103,19 @@ class IMLE(nn.Module):
         train_precision: "fp32" or "bf16": bf16 autocast of the generator in `forward` (weights,
             gradients, optimiser state and the loss stay fp32).
         ema_decay: if > 0, keep an exponential moving average of the generator for `sample`.
+        recall_sample: in `prepare_outer`, queries on which the search's recall@1 is measured
+            against exact search (0: leave it to ``search_options``).
+        recall_every_outer: measure it on every this many outer iterations, the first included.
 
     Example:
-        >>> method = IMLE(generator, latent_dim=64, type="rs", options={"epsilon": 2.0})
+        >>> method = IMLE(generator, latent_dim=64, matcher="rs", options={"epsilon": 2.0})
         >>> matches = method.match(x)              # x: (n, C, H, W)
         >>> loss = method(x[:64], matches.latents[:64])
         >>> images = method.sample(16)              # (16, C, H, W)
     """
 
     def __init__(self, generator: nn.Module, latent_dim: int, *,
-                 type: str | Matcher = "imle", options: dict | None = None,
+                 matcher: str | Matcher = "vanilla", options: dict | None = None,
                  distance: str | Distance = "l2", distance_options: dict | None = None,
                  loss: str | Distance | None = None, loss_options: dict | None = None,
                  pool_multiplier: float = 10.0, latent_noise: float = 0.01,
@@ -124,24 +123,18 @@ class IMLE(nn.Module):
                  search_backend: str = "auto", search_options: dict | None = None,
                  pool_batch_size: int = 512, pool_precision: str = "fp32",
                  pool_train_mode: bool = False,
-                 train_precision: str = "fp32", ema_decay: float = 0.0) -> None:
-        super().__init__()
-        if latent_dim < 1:
-            raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}")
+                 train_precision: str = "fp32", ema_decay: float = 0.0,
+                 recall_sample: int = 0, recall_every_outer: int = 10,
+                 type: str | Matcher | None = None) -> None:
+        super().__init__(generator, latent_dim, ema_decay=ema_decay,
+                         pool_batch_size=pool_batch_size, pool_precision=pool_precision)
         if pool_multiplier <= 0:
             raise ConfigError(f"pool_multiplier must be > 0, got {pool_multiplier}")
-        if pool_precision not in ("fp32", "bf16", "auto"):
-            raise ConfigError(f"pool_precision={pool_precision!r}; choose 'fp32', 'bf16' or "
-                              "'auto'")
         if train_precision not in ("fp32", "bf16"):
             raise ConfigError(f"train_precision={train_precision!r}; choose 'fp32' or 'bf16'")
-        if not 0 <= ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
         if latent_noise_at not in ("step", "refresh"):
             raise ConfigError(f"latent_noise_at={latent_noise_at!r}; choose 'step' or 'refresh'")
-        self.generator = generator
-        self.latent_dim = latent_dim
-        self.matcher = build_matcher(type, options)
+        self.matcher = build_matcher(matcher if type is None else type, options)
         self.distance = build_distance(distance, distance_options)
         self.loss_distance = (self.distance if loss is None and not loss_options
                               else build_distance(loss or self.distance.name, loss_options))
@@ -149,126 +142,95 @@ class IMLE(nn.Module):
         self.latent_noise = latent_noise
         self.latent_noise_at = latent_noise_at
         self.pool_train_mode = pool_train_mode
-        self.pool_batch_size = pool_batch_size
-        self.pool_precision = pool_precision
         self.train_precision = train_precision
-        self.ema_decay = ema_decay
+        self.recall_sample = recall_sample
+        self.recall_every_outer = recall_every_outer
         self.searcher = Searcher(metric=self.distance.metric, backend=search_backend,
                                  **(search_options or {}))
-        self.ema: nn.Module | None = None
-        if ema_decay > 0:
-            self.ema = copy.deepcopy(generator).requires_grad_(False)
-        self._sample_shape: tuple[int, ...] | None = None
         self._ready: torch.device | None = None
         self._reference: tuple[tuple, torch.Tensor] | None = None
 
+    # ------------------------------------------------------------------ Method
     @classmethod
-    def from_config(cls, method: Any, generator: nn.Module, latent_dim: int,
-                    ema_decay: float = 0.0, **extra: Any) -> IMLE:
-        """Builds the method from an `imle.config.MethodConfig` (every field but `LOOP_FIELDS`
-        is a keyword of this class, so a new field needs no copying code); ``extra`` keywords
-        go to the class (e.g. ``cond_shape`` of `imle.conditional.ConditionalIMLE`)."""
-        kwargs = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)
-                  if f.name not in LOOP_FIELDS}
-        return cls(generator, latent_dim, ema_decay=ema_decay, **kwargs, **extra)
+    def validate_config(cls, config: TrainConfig) -> None:
+        m = config.method
+        if m.matcher not in MATCHERS:
+            raise ConfigError(f"method.matcher={m.matcher!r} is unknown; choose one of "
+                              f"{sorted(MATCHERS)}")
+        MATCHERS[m.matcher].validate_options(m.options)
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, sample_shape: tuple[int, ...],
+                    cond_shape: tuple[int, ...] | None = None,
+                    generator: nn.Module | None = None) -> IMLE:
+        """The IMLE method of a run: `ConditionalIMLE` when the run has conditions."""
+        from imle.methods.conditional import ConditionalIMLE
+
+        if generator is None:
+            generator = cls.build_generator_for(config, sample_shape, cond_shape)
+        m = config.method
+        kwargs: dict[str, Any] = dict(
+            matcher=m.matcher, options=m.options, distance=m.distance,
+            distance_options=m.distance_options, loss=m.loss, loss_options=m.loss_options,
+            pool_multiplier=m.pool_multiplier, latent_noise=m.latent_noise,
+            latent_noise_at=m.latent_noise_at, search_backend=m.search_backend,
+            search_options=m.search_options, pool_batch_size=m.pool_batch_size,
+            pool_precision=m.pool_precision, pool_train_mode=m.pool_train_mode,
+            train_precision=m.train_precision, ema_decay=config.optim.ema_decay,
+            recall_sample=m.recall_sample, recall_every_outer=m.recall_every_outer)
+        if cond_shape is None:
+            return cls(generator, config.model.latent_dim, **kwargs)
+        built = ConditionalIMLE(generator, config.model.latent_dim, cond_shape=tuple(cond_shape),
+                                **kwargs)
+        built.name = cls.name  # the conditional form of this method (e.g. "regression")
+        return built
 
     def pieces(self) -> dict[str, Any]:
-        """The method's stateful parts by name; each has ``state_dict``/``load_state_dict``."""
         found = {"matcher": self.matcher, "distance": self.distance, "searcher": self.searcher}
         if self.loss_distance is not self.distance:
             found["loss"] = self.loss_distance
         return found
 
     @property
-    def device(self) -> torch.device:
-        return next(self.generator.parameters()).device
+    def samples_at_zero(self) -> bool:
+        return self.matcher.samples_at_zero
 
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        """Shape of one generated sample, found by running the generator once."""
-        if self._sample_shape is None:
-            with torch.no_grad():
-                z = torch.zeros(2, self.latent_dim, device=self.device)
-                out = self.generator(z)
-            if out.ndim < 2 or out.shape[0] != 2:
-                raise ShapeError(
-                    f"the generator must map (B, {self.latent_dim}) latents to (B, ...) samples; "
-                    f"for B=2 it returned shape {tuple(out.shape)}"
-                )
-            self._sample_shape = tuple(out.shape[1:])
-        return self._sample_shape
+    def describe(self, subset_size: int, num_examples: int, steps_per_outer: int) -> str:
+        pool = math.ceil(self.pool_multiplier * subset_size)
+        return (f"{self.name}, matcher {self.matcher.name}, distance {self.distance.name}: "
+                f"{subset_words(subset_size, num_examples)} examples matched to a pool of "
+                f"{pool:,} ({self.pool_multiplier:g}x), {steps_per_outer} steps per pool")
 
-    def check_data_shape(self, x: torch.Tensor) -> None:
-        """Raises ShapeError unless x is a batch (n, *sample_shape) of the generator's shape."""
-        if tuple(x.shape[1:]) != self.sample_shape:
-            raise ShapeError(
-                f"data samples have shape {tuple(x.shape[1:])} but the generator produces "
-                f"{self.sample_shape}; use a generator whose output matches the data (model.type), "
-                f"or reshape the data"
-            )
+    def prepare_outer(self, outer: Outer) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Draws a pool and matches the examples of S: state {"latents": (|S|, latent_dim)}
+        (row j is the latent of example ``outer.subset[j]``), stats of the refresh."""
+        recall = None  # recall_sample 0 leaves it to search_options
+        if self.recall_sample > 0:  # a diagnostic: run it on some refreshes only
+            recall = self.recall_sample if outer.index % self.recall_every_outer == 0 else 0
+        rows = outer.subset.to(self.device)
+        extra = {} if outer.conditions is None else {"conditions": outer.conditions[rows]}
+        matches = self.match(outer.data[rows], seed=outer.seed, ids=outer.subset,
+                             estimate_recall=recall, reference=outer.data, **extra)
+        # Mean over all of S of each example's match distance (when it was matched): defined
+        # even when the rule re-matched nobody this refresh.
+        return ({"latents": matches.latents},
+                {"matched_dist": float(matches.distances.mean()), **matches.stats})
 
-    def draw_latents(self, num: int, seed: int, start: int = 0) -> torch.Tensor:
-        """Draws latents of rows [start, start + num) of the pool with the given seed.
+    def loss(self, batch: Batch, step: Step, state: dict[str, Any]
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The matched-sample loss of the batch's examples with their latents of this outer
+        iteration; the latent noise is drawn for the whole batch and each process takes its
+        rows, so any number of processes trains alike."""
+        noise = None
+        if self.latent_noise > 0 and self.latent_noise_at == "step":
+            noise = torch.randn((batch.positions.numel(), self.latent_dim),
+                                generator=step.noise)[batch.part]
+        z = state["latents"][batch.positions[batch.part].to(self.device)]
+        extra = {} if batch.c is None else {"conditions": batch.c}
+        return self(batch.x, z, generator=step.noise, noise=noise, module=step.module,
+                    **extra), {}
 
-        Rows are drawn in chunks of `LATENT_CHUNK`, chunk c from seed (seed, c), so any rank can
-        draw its shard of a pool without drawing the rest.
-
-        Returns:
-            (num, latent_dim) float32 on the method's device.
-        """
-        if num <= 0:
-            return torch.empty(0, self.latent_dim, device=self.device)
-        first, last = start // LATENT_CHUNK, (start + num - 1) // LATENT_CHUNK
-        parts = []
-        gen = torch.Generator()
-        for c in range(first, last + 1):
-            gen.manual_seed(mix_seed(seed, c))
-            parts.append(torch.randn(LATENT_CHUNK, self.latent_dim, generator=gen))
-        z = torch.cat(parts)[start - first * LATENT_CHUNK:][:num]
-        return z.to(self.device)
-
-    @staticmethod
-    def _run(module: nn.Module, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        """module(z), or module(z, c) for a conditional generator."""
-        return module(z) if c is None else module(z, c.to(z.device))
-
-    @torch.no_grad()
-    def generate(self, latents: torch.Tensor, module: nn.Module | None = None,
-                 conditions: torch.Tensor | None = None) -> torch.Tensor:
-        """Runs the generator in memory-bounded batches without gradients.
-
-        Args:
-            latents: (m, latent_dim).
-            module: network to run (default: the trained generator).
-            conditions: (m, *cond_shape), row j for latent j (conditional generators only).
-
-        Returns:
-            (m, *sample_shape) float32, or bfloat16 when pools are drawn in bf16
-            (`pool_bf16`).
-        """
-        module = self.generator if module is None else module
-        bf16 = self.pool_bf16
-        out = None
-        for lo in range(0, latents.shape[0], self.pool_batch_size):
-            z = latents[lo:lo + self.pool_batch_size].to(self.device)
-            c = None if conditions is None else conditions[lo:lo + self.pool_batch_size]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                y = self._run(module, z, c)
-            if out is None:
-                out = torch.empty((latents.shape[0], *y.shape[1:]), device=y.device,
-                                  dtype=torch.bfloat16 if bf16 else torch.float32)
-            out[lo:lo + z.shape[0]] = y
-        if out is None:
-            return torch.empty((0, *self.sample_shape), device=self.device)
-        return out
-
-    @property
-    def pool_bf16(self) -> bool:
-        """Whether pools are drawn in bf16 (``pool_precision``, "auto" resolved here)."""
-        if self.pool_precision == "auto":
-            return native_bf16(self.device)
-        return self.pool_precision == "bf16"
-
+    # ------------------------------------------------------------------ matching
     def generate_pool(self, num: int, seed: int, start: int = 0,
                       conditions: torch.Tensor | None = None) -> Pool:
         """Draws pool rows [start, start + num): latents and flattened samples (m, D)
@@ -485,49 +447,3 @@ class IMLE(nn.Module):
                 f"generator output {tuple(out.shape)} does not match data batch {tuple(x.shape)}"
             )
         return self.loss_distance.pair(x, out).mean()
-
-    @torch.no_grad()
-    def update_ema(self, step: int) -> None:
-        """Moves the EMA weights towards the current weights (call after each optimiser step).
-
-        Args:
-            step: optimiser steps taken so far; the decay ramps up as min(decay, (1+t)/(10+t))
-                so early averages are not dominated by the random initial weights.
-        """
-        if self.ema is None:
-            return
-        decay = min(self.ema_decay, (1 + step) / (10 + step))
-        for e, p in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
-            e.lerp_(p.detach(), 1 - decay)
-        for e, b in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
-            e.copy_(b)
-
-    @torch.no_grad()
-    def sample(self, n: int, seed: int | None = None, use_ema: bool = True) -> torch.Tensor:
-        """Draws n samples.
-
-        Args:
-            n: number of samples.
-            seed: latent seed (None: a random one).
-            use_ema: use the EMA weights when they exist.
-
-        Returns:
-            (n, *sample_shape) float32 on the method's device.
-        """
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)))
-        return self._sample(n, seed, use_ema)
-
-    def _sample(self, n: int, seed: int, use_ema: bool,
-                conditions: torch.Tensor | None = None) -> torch.Tensor:
-        """n samples in eval mode (EMA weights if asked and kept), z = 0 for rules trained
-        only there; ``conditions``: one row per sample."""
-        module = self.ema if (use_ema and self.ema is not None) else self.generator
-        was_training = module.training
-        module.eval()
-        latents = self.draw_latents(n, seed)
-        if self.matcher.samples_at_zero:
-            latents = torch.zeros_like(latents)
-        out = self.generate(latents, module=module, conditions=conditions).float()
-        module.train(was_training)
-        return out

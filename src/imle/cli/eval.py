@@ -1,6 +1,6 @@
 """``imle eval`` and ``imle train-classifier``.
 
-``imle eval RUN`` draws samples from a training run (through ``imle.trainer.sample_from_run``),
+``imle eval RUN`` draws samples from a training run (through ``imle.runs.sample_from_run``),
 scores them with :func:`imle.metrics.evaluate`, prints a table and writes ``RUN/eval.json``.
 ``imle eval FILE.npy --data NAME`` scores any model's samples the same way. ``--json FILE``
 writes ``{"metrics": {...}, "settings": {...}}`` there as well.
@@ -9,7 +9,7 @@ writes ``{"metrics": {...}, "settings": {...}}`` there as well.
 weights ship in ``imle/metrics/weights/``.
 
 :func:`register` adds both subcommands to the main ``imle`` parser; :func:`main` runs them
-standalone (``python -m imle.cli_eval eval ...``).
+standalone (``python -m imle.cli.eval eval ...``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from imle.errors import ConfigError, DataError, IMLEError
+from imle.cli.errors import run_handler
+from imle.errors import ConfigError, DataError
 
 DEFAULT_METRICS = "parzen,fid,kid,prdc,modes,memorization"
 
@@ -333,38 +334,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args._argv = argv[1:]
     return run_handler(args)
-
-
-def run_handler(args: argparse.Namespace) -> int:
-    """Runs ``args.func(args)`` as a command: errors of this package become one line on stderr
-    (exit 2), file-system errors one line (exit 1), warnings of it ``imle CMD: warning: ...``,
-    Ctrl-C before training (or outside it) a line and exit 130 instead of a traceback."""
-    import warnings
-
-    from imle.errors import CheckpointWarning
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if issubclass(category, (CheckpointWarning,)) or "imle" in str(filename):
-            print(f"imle {args.command}: warning: {message}", file=sys.stderr)
-        else:
-            previous(message, category, filename, lineno, file, line)
-
-    previous = warnings.showwarning
-    warnings.showwarning = show
-    try:
-        return int(args.func(args))
-    except IMLEError as e:
-        print(f"imle {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk or an unwritable path: the outputs are left as they were
-        print(f"imle {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"imle {args.command}: interrupted (Ctrl-C); nothing partial was written",
-              file=sys.stderr)
-        return 130
-    finally:
-        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -5,23 +5,27 @@ convolutional or fully connected network of comparable size. Training uses the n
 loss (Goodfellow et al. 2014) with the stabilisers practitioners use: spectral normalisation of
 the discriminator (Miyato et al. 2018), the R1 gradient penalty on real data (Mescheder et al.
 2018; applied lazily every few steps as in StyleGAN2) and two time-scale learning rates (Heusel
-et al. 2017). `GAN` hosts the generator, its EMA
-and sampling exactly as `imle.IMLE` does, so every evaluation and sampling command works on a
-GAN run unchanged.
+et al. 2017). `GAN` is a `imle.methods.Method`: it hosts the generator, its EMA and sampling as
+every method does, so every evaluation and sampling command works on a GAN run unchanged, and it
+trains on the one loop of `imle.training.Trainer` (torchrun included).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imle import dist
 from imle.distances import check_options
 from imle.errors import ConfigError
-from imle.method import IMLE
+from imle.methods.base import Batch, Method, Outer, Step, register_method, subset_words
+
+if TYPE_CHECKING:
+    from imle.config import TrainConfig
 
 #: The GAN's options (``method.options``) and their defaults.
 GAN_OPTIONS: dict[str, Any] = {
@@ -162,6 +166,11 @@ class GANObjective:
         self.d_steps_done += 1
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if dist.active():  # every process holds its rows of the batch: average the gradients
+            for p in d.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, "sum", "the discriminator's gradient all-reduce")
+                    p.grad.div_(dist.world_size())
         self.optimizer.step()
         return {"loss_d": float(loss.detach()), "r1": getattr(self, "last_r1", 0.0),
                 "d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean())}
@@ -179,8 +188,16 @@ class GANObjective:
         return F.softplus(-logits).mean()
 
 
-class GAN(IMLE):
-    """Generator + discriminator trained adversarially; samples like `imle.IMLE`.
+@register_method("gan")
+class GAN(Method):
+    """Generator + discriminator trained adversarially (``method.type = "gan"``).
+
+    An "outer iteration" only draws S: it is the same number of SGD steps as an IMLE run of
+    the config would take between pool refreshes (``method.refresh_epochs`` passes over S), so
+    logs, sample grids and "outer" budgets line up with IMLE's. Each `loss` takes ``d_steps``
+    discriminator steps on mini-batches of S (the loop's batch, then more from
+    ``step.next_batch``) and fresh latents, and returns the generator's loss; the statistics
+    ``loss_d`` / ``r1`` / ``d_real`` / ``d_fake`` are the discriminator's.
 
     Args:
         generator: module mapping (B, latent_dim) to samples.
@@ -196,13 +213,73 @@ class GAN(IMLE):
                  options: dict[str, Any] | None = None, g_lr: float = 2e-4, beta2: float = 0.99,
                  ema_decay: float = 0.0, pool_batch_size: int = 512,
                  pool_precision: str = "fp32") -> None:
-        super().__init__(generator, latent_dim, latent_noise=0.0, search_backend="exact",
-                         ema_decay=ema_decay, pool_batch_size=pool_batch_size,
-                         pool_precision=pool_precision)
+        super().__init__(generator, latent_dim, ema_decay=ema_decay,
+                         pool_batch_size=pool_batch_size, pool_precision=pool_precision)
         o = validate_gan_options(options)
         width = o["d_width"] or comparable_width(tuple(sample_shape), _num_params(generator))
         self.discriminator = build_discriminator(tuple(sample_shape), width, o["spectral_norm"])
         self.objective = GANObjective(self.discriminator, o, g_lr, beta2)
 
+    @classmethod
+    def validate_config(cls, config: TrainConfig) -> None:
+        validate_gan_options(config.method.options)
+        if config.data.task:
+            raise ConfigError("method.type='gan' is unconditional; leave data.task empty")
+        if config.method.train_precision != "fp32":
+            raise ConfigError("the GAN baseline trains in fp32; set method.train_precision=fp32")
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, sample_shape: tuple[int, ...],
+                    cond_shape: tuple[int, ...] | None = None,
+                    generator: nn.Module | None = None) -> GAN:
+        if cond_shape is not None:
+            raise ConfigError("method.type='gan' is unconditional; leave data.task empty")
+        if generator is None:
+            generator = cls.build_generator_for(config, sample_shape)
+        return cls(generator, config.model.latent_dim, sample_shape, config.method.options,
+                   g_lr=config.optim.lr, beta2=config.optim.beta2,
+                   ema_decay=config.optim.ema_decay,
+                   pool_batch_size=config.method.pool_batch_size,
+                   pool_precision=config.method.pool_precision)
+
+    @classmethod
+    def weight_files(cls, config: TrainConfig) -> tuple[str, ...]:
+        return super().weight_files(config) + ("discriminator.safetensors",)
+
+    def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {**super().weights(), "discriminator": self.discriminator.state_dict()}
+
+    def load_weights(self, weights: dict[str, dict[str, torch.Tensor]]) -> None:
+        super().load_weights(weights)
+        if "discriminator" in weights:
+            self.discriminator.load_state_dict(weights["discriminator"])
+
     def pieces(self) -> dict[str, Any]:
         return {"gan": self.objective}
+
+    def describe(self, subset_size: int, num_examples: int, steps_per_outer: int) -> str:
+        o = self.objective.options
+        return (f"gan ({subset_words(subset_size, num_examples)} examples per outer iteration, "
+                f"{steps_per_outer} steps each; {o['d_steps']} critic step(s) per generator "
+                f"step, {_num_params(self.discriminator):,}-parameter critic)")
+
+    def prepare_outer(self, outer: Outer) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {}, {}  # no pool: S alone
+
+    def _latents(self, batch: Batch, noise: torch.Generator) -> torch.Tensor:
+        # The whole batch's latents, this process's rows: any number of processes trains alike.
+        z = torch.randn((batch.positions.numel(), self.latent_dim), generator=noise)
+        return z[batch.part].to(self.device)
+
+    def loss(self, batch: Batch, step: Step, state: dict[str, Any]
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``d_steps`` discriminator steps, then the generator's loss on fresh latents."""
+        d_stats: dict[str, float] = {}
+        for i in range(self.objective.options["d_steps"]):
+            if i:
+                batch = step.next_batch()
+            with torch.no_grad():
+                fake = step.module(self._latents(batch, step.noise))
+            d_stats = self.objective.discriminator_step(batch.x, fake, step.lr)
+        return self.objective.generator_loss(step.module(self._latents(batch, step.noise))), \
+            d_stats
