@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table  # noqa: E402
 
 import imle  # noqa: E402
+from imle.defaults import derive  # noqa: E402
 
 
 def allreduce(nbytes: float, w: int, alpha: float, beta: float) -> float:
@@ -80,7 +81,7 @@ def gpu_base(path: Path, scale: float) -> dict:
 
 
 def default_model_size() -> tuple[int, int]:
-    cfg = imle.TrainConfig()
+    cfg = derive(imle.TrainConfig(), (1, 28, 28))[0]  # the MNIST generator the defaults pick
     gen = imle.build_generator(cfg.model.type, cfg.model.latent_dim, (1, 28, 28),
                                width=cfg.model.width)
     return sum(p.numel() for p in gen.parameters()), cfg.model.latent_dim

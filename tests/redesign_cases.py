@@ -53,7 +53,8 @@ def cases() -> dict[str, tuple[imle.TrainConfig, torch.Tensor, torch.Tensor | No
         "budget": 18, "progress": "none", "sample_every_outer": 0,
         "checkpoint_every_minutes": 60.0, "threads": 1})
     return {
-        "imle": (_base(), x2, None),
+        # The vanilla rule by name: on 2-D data the default rule now follows the data.
+        "imle": (_base(**{"method.matcher": "vanilla"}), x2, None),
         "rs-adaptive": (_base(**{"method.type": "rs",
                                  "method.options": {"epsilon": 0.05, "adaptive": True,
                                                     "staleness": 1, "force": 3}}), x2, None),

@@ -16,6 +16,7 @@ import torch
 import imle
 from imle.checkpoint import latest_checkpoint, load_weights
 from imle.config import replace
+from imle.defaults import derive
 from imle.errors import CheckpointError, ConfigError
 
 
@@ -40,7 +41,9 @@ def test_run_folder_contents(tmp_path, data_dir):
     summary = imle.Trainer(small_config(), tmp_path / "run").train()
     run = tmp_path / "run"
     assert summary["status"] == "finished" and summary["step"] == 40
-    assert imle.TrainConfig.from_json(run / "config.json") == small_config()
+    # The config as given, with what it left to the data decided (imle.defaults).
+    expect = derive(small_config(), (1, 28, 28))[0]
+    assert imle.TrainConfig.from_json(run / "config.json") == expect
     log = read_log(run)
     assert [r["outer"] for r in log] == list(range(1, 21))  # 100 examples / 64 -> 2 steps each
     for key in ("loss", "matched_dist", "pool_s", "search_s", "sgd_s", "lr", "epoch"):
@@ -160,7 +163,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, data_dir):
 
 @pytest.mark.parametrize("updates, message", [
     ({"optim.lr": -1.0}, "optim.lr"),
-    ({"method.pool_multiplier": 0}, "pool_multiplier"),
+    ({"method.pool_multiplier": -1.0}, "pool_multiplier"),  # 0 means "from the data"
     ({"model.type": "gan9000"}, "model.type"),
     ({"budget_type": "hours"}, "budget_type"),
     ({"optim.batch_size": 0}, "batch_size"),

@@ -137,13 +137,14 @@ class ModelConfig(_Typed):
             conditional task "img2img", "cond-mlp", "cond-dcgan28", ...); "auto" picks one
             from the data's shape and task (`imle.nets.auto_generator`) and the run's
             config.json records the choice.
-        latent_dim: dimension of z ~ N(0, I) (reference code: 64).
+        latent_dim: dimension of z ~ N(0, I) (reference code: 64); 0: derived from the data
+            (12, or the data's dimension for vectors of fewer dimensions; `imle.defaults`).
         width: base channel count (conv) or hidden width (mlp); None: the network's default
             (64 channels, 1024 hidden units).
     """
 
     type: str = "auto"
-    latent_dim: int = 12
+    latent_dim: int = 0
     width: int | None = None
 
 
@@ -158,7 +159,9 @@ class MethodConfig(_Typed):
             fit by regression). A matching rule's name ("vanilla", "rs", "adaptive") is
             shorthand for "imle" with that matcher.
         matcher: IMLE's matching rule, see `imle.matchers`: "vanilla" (Li & Malik 2018), "rs"
-            (Rejection-Sampling IMLE) or "adaptive" (Adaptive IMLE).
+            (Rejection-Sampling IMLE) or "adaptive" (Adaptive IMLE); "auto": derived from the
+            data (RS with epsilon from the data for low-dimensional vectors, vanilla
+            otherwise; `imle.defaults`).
         options: the method's options: for "imle" its matcher's, e.g. {"epsilon": 3.0} or
             {"epsilon_nn_frac": 0.5, "adaptive": true} for "rs", {"staleness": 7, "force": 30,
             "gamma": 0.04} for "adaptive".
@@ -171,7 +174,8 @@ class MethodConfig(_Typed):
         loss_options: its options.
         subset_size: |S|, examples matched per outer iteration; None means the whole data set
             (the reference code). A random subset is drawn each outer iteration otherwise.
-        pool_multiplier: pool size m = pool_multiplier * |S| (reference: 10).
+        pool_multiplier: pool size m = pool_multiplier * |S| (reference: 10); 0: derived from
+            the data (2 for low-dimensional vectors, 10 otherwise).
         refresh_epochs: L expressed in epochs over S between pool refreshes (reference: 5).
         latent_noise: std of Gaussian noise added to matched latents.
         latent_noise_at: "step" (fresh noise at every SGD step) or "refresh" (drawn once per
@@ -184,8 +188,9 @@ class MethodConfig(_Typed):
             included.
         pool_batch_size: generator batch size when drawing the pool (bounds memory; a few
             hundred keeps each batch in cache on CPUs).
-        pool_precision: "fp32", "bf16" or "auto" (bf16 where bf16 matmuls are native: CUDA,
-            or a CPU with AVX-512 BF16 / AMX; fp32 elsewhere) for pool generation and storage.
+        pool_precision: "fp32", "bf16" or "auto" (fp32 for samples of at most 64 numbers;
+            otherwise bf16 where bf16 matmuls are native: CUDA, or a CPU with AVX-512 BF16 /
+            AMX; fp32 elsewhere) for pool generation and storage.
         pool_train_mode: draw pools with the generator in training mode (BatchNorm uses each
             pool batch's statistics and updates its running ones, as the reference code does);
             default eval mode.
@@ -194,14 +199,14 @@ class MethodConfig(_Typed):
     """
 
     type: str = "imle"
-    matcher: str = "vanilla"
+    matcher: str = "auto"
     options: dict = field(default_factory=dict)
     distance: str = "l2"
     distance_options: dict = field(default_factory=dict)
     loss: str | None = None
     loss_options: dict = field(default_factory=dict)
     subset_size: int | None = 2000
-    pool_multiplier: float = 10.0
+    pool_multiplier: float = 0.0
     refresh_epochs: float = 2.5
     latent_noise: float = 0.01
     latent_noise_at: str = "step"
@@ -338,12 +343,13 @@ class TrainConfig(_Typed):
         need(self.model.type == "auto" or self.model.type in nets,
              f"model.type={self.model.type!r} is not {kind}; choose one of "
              f"{sorted(nets)} or 'auto'")
-        need(self.model.latent_dim >= 1, "model.latent_dim must be >= 1")
+        need(self.model.latent_dim >= 0, "model.latent_dim must be >= 1 (or 0: from the data)")
         need(self.model.width is None or self.model.width >= 1, "model.width must be >= 1")
         need(m.subset_size is None or m.subset_size >= 1,
              "method.subset_size must be >= 1 (or None for the whole data set)")
-        need(m.pool_multiplier > 0 and math.isfinite(m.pool_multiplier),
-             f"method.pool_multiplier must be > 0, got {m.pool_multiplier}")
+        need(m.pool_multiplier >= 0 and math.isfinite(m.pool_multiplier),
+             f"method.pool_multiplier must be > 0 (or 0: from the data), got "
+             f"{m.pool_multiplier}")
         need(m.refresh_epochs > 0, f"method.refresh_epochs must be > 0, got {m.refresh_epochs}")
         need(m.latent_noise >= 0, "method.latent_noise must be >= 0")
         method_class(m.type).validate_config(self)
@@ -438,6 +444,9 @@ def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
     if cls is MethodConfig and "metric" in raw:  # run folders written before method.distance
         raw = {**raw}
         raw.setdefault("distance", raw.pop("metric"))
+    if cls is MethodConfig and "type" in raw and "matcher" not in raw:
+        # Written before method.matcher: "type" named the rule ("imle" was the vanilla one).
+        raw = {**raw, "matcher": "vanilla"}
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(raw) - set(known))
     if unknown:

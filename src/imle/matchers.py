@@ -250,21 +250,31 @@ class AdaptiveMatcher(Matcher):
         self.adaptive.load(state)
 
 
-def nn_distance_scale(features: torch.Tensor, metric: str = "l2") -> float:
-    """Median distance (not squared) of each example to its nearest *other* example.
+def nn_distance_scale(features: torch.Tensor, metric: str = "l2", k: int = 1) -> float:
+    """Median distance (not squared) of each example to its k-th nearest *other* example.
+
+    With k = 1 it is the spacing of the examples; with k a fraction q of n it is the radius of
+    a neighbourhood holding a fraction q of them (a density scale: for a mixture of tight
+    clusters, about the clusters' spread while q n is below a cluster's size).
 
     Args:
         features: (n, f) embedding of the examples, n >= 2.
         metric: "l2" (squared distances come back and are square-rooted here), "l1", "cosine".
+        k: which neighbour, 1 <= k <= n - 1.
     """
     n = features.shape[0]
     if n < 2:
         raise DataError("the epsilon scale needs at least two examples")
+    k = min(max(int(k), 1), n - 1)
     from imle.knn import search as knn_search
 
-    d, i = knn_search(features.float(), features.float(), k=2, metric=metric, backend="exact")
-    own = i[:, 0] == torch.arange(n, device=i.device)
-    nearest = torch.where(own, d[:, 1], d[:, 0])
+    d, i = knn_search(features.float(), features.float(), k=k + 1, metric=metric,
+                      backend="exact")
+    # Drop each example's own row (usually the first; ties may put it later).
+    own = i == torch.arange(n, device=i.device)[:, None]
+    own[:, -1] |= ~own.any(1)  # not found among the k + 1: drop the farthest instead
+    others = d[~own].view(n, k)
+    nearest = others[:, k - 1]
     if metric == "l2":
         nearest = nearest.clamp_min(0).sqrt()
     return float(nearest.median())
@@ -279,12 +289,22 @@ class RSMatcher(Matcher):
             sample y is rejected when ||phi(x) - phi(y)|| < epsilon for some anchor x).
         epsilon_nn_frac: if set, epsilon = this fraction of the median nearest-other-example
             distance of the first S (computed once, then kept in the state).
+        epsilon_knn_frac: if set, epsilon = the median distance of the first S's examples to
+            their k-th nearest other example, k = this fraction of |S| (the radius of a
+            neighbourhood holding that fraction of the data: for tight clusters about their
+            spread; computed once, then kept in the state). The default rule for
+            low-dimensional vectors (0.02, `imle.defaults`).
+        all_rejected: what a refresh does when every pool sample lies within epsilon of an
+            example: "error" (stop, naming the fix) or "match" (match that refresh without
+            rejection, with a warning; the default rule for low-dimensional vectors, whose
+            first pools can sit inside epsilon of unimodal data).
         reject_against: "subset" (the examples being matched, as the authors' code) or "all"
             (every training example; costs a search of the pool against the whole set).
         adaptive: also apply the adaptive selection (options staleness, force, gamma).
     """
 
     OPTIONS: ClassVar[dict[str, Any]] = {"epsilon": 0.0, "epsilon_nn_frac": None,
+                                         "epsilon_knn_frac": None, "all_rejected": "error",
                                          "reject_against": "subset", "adaptive": False,
                                          **AdaptiveSelection.DEFAULTS}
 
@@ -293,10 +313,19 @@ class RSMatcher(Matcher):
         o = self.options
         if o["epsilon"] < 0 or (o["epsilon_nn_frac"] is not None and o["epsilon_nn_frac"] < 0):
             raise ConfigError("method 'rs': epsilon and epsilon_nn_frac must be >= 0")
+        knn = o["epsilon_knn_frac"]
+        if knn is not None and not 0 < knn < 1:
+            raise ConfigError(f"method 'rs': epsilon_knn_frac must be in (0, 1), got {knn}")
+        if knn is not None and o["epsilon_nn_frac"] is not None:
+            raise ConfigError("method 'rs': give epsilon_nn_frac or epsilon_knn_frac, not both")
+        if o["all_rejected"] not in ("error", "match"):
+            raise ConfigError(f"method 'rs': all_rejected={o['all_rejected']!r}; choose 'error' "
+                              "or 'match'")
         if o["reject_against"] not in ("subset", "all"):
             raise ConfigError(f"method 'rs': reject_against={o['reject_against']!r}; choose "
                               "'subset' or 'all'")
-        self.epsilon: float | None = None if o["epsilon_nn_frac"] is not None else o["epsilon"]
+        derived = o["epsilon_nn_frac"] is not None or knn is not None
+        self.epsilon: float | None = None if derived else o["epsilon"]
         self.adaptive = (AdaptiveSelection(o["staleness"], o["force"], float(o["gamma"]))
                          if o["adaptive"] else None)
         self.last_rejected = 0.0
@@ -333,11 +362,16 @@ class RSMatcher(Matcher):
                                               device=keep.device), "sum", "RS rejection")
         kept, total = float(counts[0]), float(counts[1])
         self.last_rejected = 1.0 - kept / total
+        if kept == 0 and self.options["all_rejected"] == "match":
+            warnings.warn(f"RS-IMLE rejected the whole pool (epsilon={eps:.4g}); this refresh "
+                          f"matches without rejection", stacklevel=2)
+            self.last_rejected = 1.0
+            return None
         if kept == 0:
             raise DataError(
                 f"RS-IMLE rejected all {int(total)} pool samples: every one lies within "
                 f"epsilon={eps:.4g} of an example; lower method.options epsilon (or "
-                f"epsilon_nn_frac) or draw a larger pool")
+                f"epsilon_nn_frac / epsilon_knn_frac) or draw a larger pool")
         if self.last_rejected > 0.9:
             warnings.warn(f"RS-IMLE rejected {self.last_rejected:.1%} of the pool "
                           f"(epsilon={eps:.4g}); matches come from few samples", stacklevel=2)
@@ -345,7 +379,13 @@ class RSMatcher(Matcher):
 
     def _epsilon(self, anchors: torch.Tensor, metric: str) -> float:
         if self.epsilon is None:
-            self.epsilon = self.options["epsilon_nn_frac"] * nn_distance_scale(anchors, metric)
+            frac = self.options["epsilon_knn_frac"]
+            if frac is not None:
+                k = max(1, round(frac * anchors.shape[0]))
+                self.epsilon = nn_distance_scale(anchors, metric, k)
+            else:
+                self.epsilon = (self.options["epsilon_nn_frac"]
+                                * nn_distance_scale(anchors, metric))
         return self.epsilon
 
     def reject_own(self, distances: torch.Tensor, anchors: torch.Tensor,

@@ -14,6 +14,7 @@ import torch
 
 from imle.checkpoint import checkpoint_problem, find_checkpoint, load_weights, read_manifest
 from imle.config import DEVICE_PATTERN, TrainConfig, config_hash, config_mismatch
+from imle.defaults import derive
 from imle.errors import CheckpointError, ConfigError
 from imle.methods import ConditionalIMLE, Method, method_class
 
@@ -38,6 +39,8 @@ def build_method(config: TrainConfig, sample_shape: tuple[int, ...],
     conditions of ``cond_shape``."""
     if config.data.task and cond_shape is None:
         raise ConfigError(f"data.task={config.data.task!r} needs the condition shape")
+    config = derive(config, tuple(sample_shape), tuple(cond_shape) if config.data.task else None,
+                    custom_generator=generator is not None)[0]
     method = method_class(config.method.type).from_config(
         config, tuple(sample_shape), tuple(cond_shape) if config.data.task else None, generator)
     return method.to(device)

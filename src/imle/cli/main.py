@@ -243,11 +243,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"  imle train --resume {run}\n(or under torchrun, on any number of processes)",
               file=sys.stderr)
         return 130
-    loss = summary["last"].get("loss")
+    loss, eps = summary["last"].get("loss"), summary["last"].get("epsilon")
     used = f"{trainer.budget_used():.3g} of {trainer.config.budget:g} " \
            f"{trainer.config.budget_type.replace('_', ' ')}"
     _say(f"{summary['status']} at step {summary['step']} ({used})"
-         + ("" if loss is None else f", final loss {loss:.4g}") + ". Next:\n"
+         + ("" if loss is None else f", final loss {loss:.4g}")
+         + ("" if eps is None else f", RS epsilon {eps:.4g}") + ". Next:\n"
          f"  imle sample {run} --num 64 --out samples.npy --grid samples.png\n"
          f"  imle eval {run} --metrics fid,prdc\n"
          f"  imle train --resume {run} --more {trainer.config.budget:g}   "

@@ -154,6 +154,8 @@ class IMLE(Method):
     @classmethod
     def validate_config(cls, config: TrainConfig) -> None:
         m = config.method
+        if m.matcher == "auto":  # resolved from the data when the run is built
+            return
         if m.matcher not in MATCHERS:
             raise ConfigError(f"method.matcher={m.matcher!r} is unknown; choose one of "
                               f"{sorted(MATCHERS)}")
@@ -389,6 +391,7 @@ class IMLE(Method):
             stats.update(pool_s=t2 - t1, features_s=t3 - t2, reject_s=t4 - t3,
                          search_s=time.perf_counter() - t4, pool_size=m,
                          rejected_frac=getattr(rule, "last_rejected", 0.0),
+                         **({"epsilon": rule.epsilon} if hasattr(rule, "epsilon") else {}),
                          pool_precision="bf16" if self.pool_bf16 else "fp32",
                          search_backend=result_stats.get("backend"))
             stats.update({k: v for k, v in result_stats.items() if isinstance(v, (int, float))})

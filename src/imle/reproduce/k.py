@@ -19,6 +19,7 @@ import torch
 
 from imle.config import TrainConfig, replace
 from imle.data import load_dataset
+from imle.defaults import derive
 from imle.methods import mix_seed
 from imle.reproduce.common import Context, save_samples, score_images, write_table
 from imle.runs import build_method
@@ -26,6 +27,7 @@ from imle.runs import build_method
 
 def train_k(config: TrainConfig, x: torch.Tensor, k: int) -> tuple[Any, int]:
     """Trains with the k-nearest rule for config.budget CPU minutes; returns (method, steps)."""
+    config = derive(config, tuple(x.shape[1:]))[0]  # the pool size and latent the data gets
     method = build_method(config, tuple(x.shape[1:]))
     o, m = config.optim, config.method
     opt = torch.optim.Adam(method.generator.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))

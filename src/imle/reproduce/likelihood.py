@@ -88,7 +88,8 @@ def _config(n: int, mult: float, latent: int, outer: int, lr: float) -> TrainCon
     return TrainConfig(
         data=DataConfig(name="array"),
         model=ModelConfig(type="mlp", latent_dim=latent),
-        method=MethodConfig(subset_size=None, pool_multiplier=mult, refresh_epochs=5.0,
+        method=MethodConfig(matcher="vanilla", subset_size=None, pool_multiplier=mult,
+                            refresh_epochs=5.0,
                             latent_noise=0.0, search_backend="exact", pool_precision="fp32",
                             recall_sample=0, pool_batch_size=4096),
         optim=OptimConfig(lr=lr, batch_size=64, lr_schedule="cosine",

@@ -24,9 +24,9 @@ from imle._version import __version__
 from imle.checkpoint import find_checkpoint
 from imle.config import RESUME_SCHEDULES, TrainConfig, replace
 from imle.data.training_set import load_data
+from imle.defaults import derive
 from imle.errors import ConfigError, DataError
 from imle.methods import Batch, Outer, Step, mix_seed
-from imle.nets import auto_generator
 from imle.plotting import save_grid
 from imle.progress import Progress
 from imle.runs import build_method, resolve_device, weight_files
@@ -87,10 +87,10 @@ class Trainer:
             raise DataError(f"{self.conditions.shape[0]} conditions for {self.data.shape[0]} "
                             f"examples")
         cond_shape = None if conditions is None else tuple(conditions.shape[1:])
-        self.model_choice: str | None = None  # why "auto" chose the generator it did
-        if config.model.type == "auto" and generator is None:
-            kind, self.model_choice = auto_generator(tuple(self.data.shape[1:]), cond_shape)
-            config = self.config = replace(config, **{"model.type": kind})
+        # What the config left to the data ("auto", 0) is decided here and saved with the run.
+        config, self.derived = derive(config, tuple(self.data.shape[1:]), cond_shape,
+                                      custom_generator=generator is not None)
+        self.config = config
         self.method = build_method(config, tuple(self.data.shape[1:]), self.device, generator,
                                    cond_shape)
         self.method.check_data_shape(self.data)
@@ -146,11 +146,15 @@ class Trainer:
             cond = "x".join(str(d) for d in self.conditions.shape[1:])
             data += f", task {c.data.task} (conditions {cond})"
         params = sum(p.numel() for p in self.method.generator.parameters())
+        kind = self.derived.get("model.type")
         lines = {"data": data,
-                 "generator": f"{c.model.type}"
-                              + (f" (auto: {self.model_choice})" if self.model_choice else "")
+                 "generator": f"{c.model.type}" + (f" (auto: {kind[1]})" if kind else "")
                               + f", latent {c.model.latent_dim}, {params:,} parameters",
                  "method": self.method.describe(self.subset_size, n, self.steps_per_outer)}
+        derived = [f"{field} {value} ({why})" for field, (value, why) in self.derived.items()
+                   if field != "model.type"]  # all saved in config.json
+        if derived:
+            lines["derived"] = ("\n" + " " * 13).join(derived)
         schedule = ("constant" if o.lr_schedule == "constant" else
                     f"cosine to {o.lr_final_frac:g}x")
         lines["optimiser"] = (f"{o.type} lr {o.lr:g} ({schedule}), batch {o.batch_size}"

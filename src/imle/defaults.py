@@ -1,0 +1,97 @@
+"""Settings derived from the data: what a config leaves to "auto" (or 0) becomes a value here.
+
+`derive` is a pure function of the config and the shapes of one example and one condition, so
+a run's ``config.json`` stores the values it chose and a rebuilt run gets the same ones. Each
+choice comes with its reason, which ``imle train`` prints. A flag that sets the field wins.
+
+The rules:
+
+* ``model.type = "auto"``: the generator that fits the shape and task (`imle.nets.auto_generator`).
+* ``model.latent_dim = 0``: 12; for an unconditional run on vectors of fewer than 12
+  dimensions, the data's dimension (a latent as wide as the data lets IMLE's matches cover
+  every region of it; on 2-D mixtures a 2-D latent covered all modes where a 4-D one did not,
+  docs/results/toy-defaults-2026-12-05).
+* ``model.width = None`` with the MLP on low-dimensional vectors (at most
+  `LOW_DIMENSIONAL` numbers, unconditional): 256 hidden units (the MLP's own default, 1,024,
+  took five times as long per step for no gain there).
+* ``method.matcher = "auto"``: IMLE's rule. Low-dimensional vectors get RS-IMLE with epsilon
+  from the data (``epsilon_knn_frac`` 0.02: the radius of a neighbourhood holding 2 % of S, about
+  the spread of a mixture's components; a refresh that would reject the whole pool matches
+  without rejection instead of stopping); everything else the vanilla rule.
+* ``method.pool_multiplier = 0``: 2 for low-dimensional vectors, 10 otherwise (the reference).
+* ``method.pool_precision = "auto"``: fp32 for samples of at most 64 numbers (bf16's 8-bit
+  mantissa is coarse next to tight clusters, and bf16 saves little there); otherwise bf16 where
+  bf16 matmuls are native.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from imle.config import TrainConfig, replace
+from imle.nets import auto_generator
+
+#: Unconditional vectors of at most this many numbers count as low-dimensional.
+LOW_DIMENSIONAL = 16
+#: Pool samples of at most this many numbers are drawn in fp32 under pool_precision "auto".
+SMALL_SAMPLE = 64
+#: RS-IMLE's epsilon rule for low-dimensional vectors.
+LOW_DIM_RS_OPTIONS = {"epsilon_knn_frac": 0.02, "all_rejected": "match"}
+DEFAULT_LATENT = 12
+
+
+def derive(config: TrainConfig, sample_shape: tuple[int, ...],
+           cond_shape: tuple[int, ...] | None = None, custom_generator: bool = False
+           ) -> tuple[TrainConfig, dict[str, tuple[Any, str]]]:
+    """Resolves the config's data-derived fields for examples of ``sample_shape`` (and
+    conditions of ``cond_shape`` for a conditional run); with ``custom_generator`` the
+    generator's type and width are the caller's and stay as they are.
+
+    Returns:
+        (the config with every derived field set, {dotted field: (value, reason)} for the
+        fields this call set).
+    """
+    dims = math.prod(sample_shape)
+    vector = len(sample_shape) == 1
+    low = vector and cond_shape is None and dims <= LOW_DIMENSIONAL
+    what = (f"{dims}-dimensional vectors" if vector else
+            "x".join(str(d) for d in sample_shape) + " samples")
+    low_why = f"{what}: low-dimensional (at most {LOW_DIMENSIONAL} numbers)"
+    updates: dict[str, Any] = {}
+    notes: dict[str, tuple[Any, str]] = {}
+
+    def choose(field: str, value: Any, reason: str) -> None:
+        updates[field] = value
+        notes[field] = (value, reason)
+
+    m, model = config.method, config.model
+    kind = model.type
+    if kind == "auto" and not custom_generator:
+        kind, reason = auto_generator(tuple(sample_shape), cond_shape)
+        choose("model.type", kind, reason)
+    if model.latent_dim == 0:
+        if vector and cond_shape is None and dims < DEFAULT_LATENT:
+            choose("model.latent_dim", dims, f"the dimension of {what}")
+        else:
+            choose("model.latent_dim", DEFAULT_LATENT, "the default")
+    if model.width is None and kind == "mlp" and low and not custom_generator:
+        choose("model.width", 256, low_why)
+    if m.type == "imle" and m.matcher == "auto":
+        if low:
+            choose("method.matcher", "rs", low_why)
+            if not m.options:
+                choose("method.options", dict(LOW_DIM_RS_OPTIONS),
+                       "epsilon = median distance to the k-th nearest example of S, "
+                       "k = 2% of |S|")
+        else:
+            choose("method.matcher", "vanilla", "the default")
+    if m.pool_multiplier == 0:
+        choose("method.pool_multiplier", 2.0 if low else 10.0,
+               low_why if low else "the reference")
+    if m.pool_precision == "auto" and dims <= SMALL_SAMPLE:
+        choose("method.pool_precision", "fp32", f"{dims} numbers per sample")
+    if not updates:
+        return config, notes
+    # method.type "imle" stays; a matcher left "auto" by another method is not IMLE's concern.
+    return replace(config, **updates), notes

@@ -1,0 +1,158 @@
+"""Settings derived from the data (`imle.defaults`) and RS-IMLE's neighbourhood epsilon rule:
+known answers on synthetic data, what a run records and prints, and flags that win."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+import imle
+from imle.cli import main
+from imle.config import TrainConfig, replace
+from imle.defaults import derive
+from imle.matchers import nn_distance_scale
+
+
+# ------------------------------------------------------------------ the epsilon rule
+@pytest.mark.parametrize("k, expect", [(1, 1.0), (2, 1.0), (4, 2.0), (5, 3.0)])
+def test_kth_neighbour_scale_on_a_line(k, expect):
+    # Points 0, 1, ..., 100: an inner point's neighbours lie at 1, 1, 2, 2, 3, 3, ...
+    x = torch.arange(101, dtype=torch.float32)[:, None]
+    assert nn_distance_scale(x, k=k) == pytest.approx(expect)
+
+
+def test_kth_neighbour_scale_drops_each_point_itself_among_duplicates():
+    x = torch.tensor([[0.0], [0.0], [0.0], [5.0], [5.0], [5.0]])
+    assert nn_distance_scale(x, k=2) == 0.0  # two copies of each point besides itself
+    assert nn_distance_scale(x, k=3) == 5.0
+
+
+@pytest.mark.parametrize("std", [0.01, 0.05])
+def test_knn_epsilon_is_the_spread_of_tight_clusters(std):
+    # 20 clusters of 100 points: 2% of 2,000 is 40 neighbours, within each point's cluster,
+    # so epsilon is about the clusters' spread whatever their scale or spacing.
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(20, 2, generator=g) * 10
+    x = centres.repeat_interleave(100, 0) + std * torch.randn(2000, 2, generator=g)
+    method = imle.IMLE(torch.nn.Linear(2, 2), 2, matcher="rs",
+                       options={"epsilon_knn_frac": 0.02}, search_backend="exact")
+    method.match(x, seed=0)
+    assert 0.5 * std < method.matcher.epsilon < 2.5 * std
+    assert method.matcher.epsilon == pytest.approx(nn_distance_scale(x, k=40))
+    # It is computed once, from the first S, and kept in the rule's state.
+    method.match(x * 3, seed=1)
+    assert method.matcher.state_dict()["epsilon"] == pytest.approx(nn_distance_scale(x, k=40))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"epsilon_knn_frac": 0.0}, "in \\(0, 1\\)"), ({"epsilon_knn_frac": 1.5}, "in \\(0, 1\\)"),
+    ({"epsilon_knn_frac": 0.1, "epsilon_nn_frac": 0.5}, "not both")])
+def test_bad_knn_epsilon_options_are_named(options, message):
+    with pytest.raises(imle.ConfigError, match=message):
+        imle.IMLE(torch.nn.Linear(2, 2), 2, matcher="rs", options=options)
+
+
+# ------------------------------------------------------------------ derived defaults
+def _derived(shape, cond=None, **updates):
+    config = replace(TrainConfig(), **updates) if updates else TrainConfig()
+    return derive(config, shape, cond)
+
+
+def test_low_dimensional_vectors_get_rs_with_a_data_epsilon():
+    config, notes = _derived((2,))
+    m = config.method
+    assert (config.model.type, config.model.latent_dim, config.model.width) == ("mlp", 2, 256)
+    assert (m.type, m.matcher, m.options) == ("imle", "rs", {"epsilon_knn_frac": 0.02,
+                                                              "all_rejected": "match"})
+    assert (m.pool_multiplier, m.pool_precision) == (2.0, "fp32")
+    assert set(notes) == {"model.type", "model.latent_dim", "model.width", "method.matcher",
+                          "method.options", "method.pool_multiplier", "method.pool_precision"}
+    assert all(isinstance(why, str) and why for _, why in notes.values())
+
+
+@pytest.mark.parametrize("shape, cond, expect", [
+    # (type, latent, width, matcher, pool multiplier, pool precision)
+    ((1, 28, 28), None, ("dcgan28", 12, None, "vanilla", 10.0, "auto")),
+    ((3, 32, 32), None, ("dcgan32", 12, None, "vanilla", 10.0, "auto")),
+    ((32,), None, ("mlp", 12, None, "vanilla", 10.0, "fp32")),  # not low-dimensional
+    ((2,), (5,), ("cond-mlp", 12, None, "vanilla", 10.0, "fp32")),  # conditional
+    ((1, 28, 28), (1, 7, 7), ("img2img", 12, None, "vanilla", 10.0, "auto")),
+])
+def test_other_data_keep_the_reference_rules(shape, cond, expect):
+    config, _ = _derived(shape, cond, **({"data.task": "pairs"} if cond else {}))
+    m, model = config.method, config.model
+    assert (model.type, model.latent_dim, model.width, m.matcher, m.pool_multiplier,
+            m.pool_precision) == expect
+
+
+def test_given_values_win_and_resolved_configs_stay_as_they_are():
+    given = {"model.type": "mlp", "model.latent_dim": 4, "model.width": 64,
+             "method.matcher": "adaptive", "method.pool_multiplier": 5.0,
+             "method.pool_precision": "bf16"}
+    config, notes = _derived((2,), **given)
+    assert notes == {}
+    assert config == replace(TrainConfig(), **given)
+    # RS chosen by the user keeps the user's options; only what is left to the data changes.
+    config, notes = _derived((2,), **{"method.matcher": "rs", "method.options": {"epsilon": 0.1}})
+    assert config.method.options == {"epsilon": 0.1} and "method.options" not in notes
+    once, _ = _derived((2,))
+    assert derive(once, (2,)) == (once, {})
+
+
+def test_the_gan_and_regression_leave_imle_rules_alone():
+    config, notes = derive(replace(TrainConfig(), **{"method.type": "gan"}), (2,))
+    assert config.method.matcher == "auto" and config.method.options == {}
+    assert "method.matcher" not in notes and "method.options" not in notes
+    config, notes = derive(replace(TrainConfig(), **{"method.type": "regression"}), (2,))
+    assert (config.method.matcher, config.method.options) == ("regression", {})
+
+
+def test_a_run_records_and_prints_what_it_derived(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "grid25", "--data-options", '{"num": 600}', "--steps", "3",
+                 "--subset-size", "200", "--progress", "none", "--threads", "1",
+                 "--run-dir", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "derived    model.latent_dim 2 (the dimension of 2-dimensional vectors)" in err
+    assert "method.options {'epsilon_knn_frac': 0.02, 'all_rejected': 'match'}" in err
+    assert re.search(r"RS epsilon \d", err)
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["model"]["latent_dim"], saved["method"]["matcher"],
+            saved["method"]["pool_multiplier"]) == (2, "rs", 2.0)
+    record = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert record["epsilon"] > 0 and math.isfinite(record["epsilon"])
+    # Resuming keeps the recorded values (nothing is derived again).
+    assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
+    resumed = json.loads((run / "config.json").read_text())
+    assert (resumed["model"], resumed["method"]) == (saved["model"], saved["method"])
+
+
+def test_flags_override_what_the_data_would_choose(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "grid25", "--data-options", '{"num": 600}', "--steps", "2",
+                 "--subset-size", "200", "--progress", "none", "--threads", "1",
+                 "--matcher", "vanilla", "--latent-dim", "3", "--pool-multiplier", "4",
+                 "--width", "32", "--run-dir", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["model"]["latent_dim"], saved["model"]["width"], saved["method"]["matcher"],
+            saved["method"]["pool_multiplier"], saved["method"]["options"]) == (
+        3, 32, "vanilla", 4.0, {})
+
+
+def test_a_pool_rejected_whole_is_matched_without_rejection_when_asked():
+    torch.manual_seed(0)
+    gen, data = torch.nn.Linear(3, 2), torch.randn(30, 2)
+    vanilla = imle.IMLE(gen, 3, search_backend="exact").match(data, seed=4)
+    method = imle.IMLE(gen, 3, matcher="rs", search_backend="exact",
+                       options={"epsilon": 1e6, "all_rejected": "match"})
+    with pytest.warns(UserWarning, match="matches without rejection"):
+        matched = method.match(data, seed=4)
+    assert torch.equal(matched.indices, vanilla.indices)
+    assert matched.stats["rejected_frac"] == 1.0
+    with pytest.raises(imle.DataError, match="lower method.options epsilon"):
+        imle.IMLE(gen, 3, matcher="rs", search_backend="exact",
+                  options={"epsilon": 1e6}).match(data, seed=4)
