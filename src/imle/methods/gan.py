@@ -22,6 +22,7 @@ from torch import nn
 from imle import dist
 from imle.distances import check_options
 from imle.errors import ConfigError
+from imle.methods.augment import augment, parse_policy
 from imle.methods.base import Batch, Method, Outer, Step, register_method, subset_words
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ GAN_OPTIONS: dict[str, Any] = {
     "spectral_norm": True,  # spectral normalisation of every discriminator layer
     "d_width": None,        # discriminator base width; None: `comparable_width` (size of G)
     "loss": "non-saturating",  # "non-saturating" or "saturating" (the minimax loss of G)
+    # DiffAugment policy for images, e.g. "color,translation,cutout" (`imle.methods.augment`):
+    # the discriminator sees real and generated images through the same random transforms.
+    "diffaugment": "",
 }
 
 
@@ -59,6 +63,7 @@ def validate_gan_options(options: dict[str, Any] | None) -> dict[str, Any]:
     if o["d_width"] is not None and not (isinstance(o["d_width"], int) and o["d_width"] >= 1):
         raise ConfigError(f"method option d_width must be an int >= 1 or null, got "
                           f"{o['d_width']!r}")
+    parse_policy(o["diffaugment"])
     return o
 
 
@@ -216,6 +221,10 @@ class GAN(Method):
         super().__init__(generator, latent_dim, ema_decay=ema_decay,
                          pool_batch_size=pool_batch_size, pool_precision=pool_precision)
         o = validate_gan_options(options)
+        self.policy = parse_policy(o["diffaugment"])
+        if self.policy and len(sample_shape) != 3:
+            raise ConfigError(f"method option diffaugment transforms images; these samples have "
+                              f"shape {tuple(sample_shape)}: drop it")
         width = o["d_width"] or comparable_width(tuple(sample_shape), _num_params(generator))
         self.discriminator = build_discriminator(tuple(sample_shape), width, o["spectral_norm"])
         self.objective = GANObjective(self.discriminator, o, g_lr, beta2)
@@ -273,13 +282,20 @@ class GAN(Method):
 
     def loss(self, batch: Batch, step: Step, state: dict[str, Any]
              ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``d_steps`` discriminator steps, then the generator's loss on fresh latents."""
+        """``d_steps`` discriminator steps, then the generator's loss on fresh latents; with
+        ``diffaugment`` every image the critic sees, real or generated, is augmented first
+        (differentiably, so the generator learns through the transforms)."""
+
+        def seen(x: torch.Tensor, b: Batch) -> torch.Tensor:
+            return augment(x, self.policy, step.noise, b.positions.numel(), b.part)
+
         d_stats: dict[str, float] = {}
         for i in range(self.objective.options["d_steps"]):
             if i:
                 batch = step.next_batch()
             with torch.no_grad():
                 fake = step.module(self._latents(batch, step.noise))
-            d_stats = self.objective.discriminator_step(batch.x, fake, step.lr)
-        return self.objective.generator_loss(step.module(self._latents(batch, step.noise))), \
-            d_stats
+            d_stats = self.objective.discriminator_step(seen(batch.x, batch), seen(fake, batch),
+                                                        step.lr)
+        fake = step.module(self._latents(batch, step.noise))
+        return self.objective.generator_loss(seen(fake, batch)), d_stats
