@@ -401,6 +401,8 @@ class Trainer:
             RunFolderBusy: another live process writes the folder.
             CheckpointError: the folder holds a run and this trainer does not resume it.
         """
+        if self.folder.opened and self.folder.lock.held:
+            return  # taken already: log() calls this once per outer iteration
         info = {"sample_shape": list(self.data.shape[1:]),
                 "condition_shape": (None if self.conditions is None
                                     else list(self.conditions.shape[1:])),
