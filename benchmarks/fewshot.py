@@ -1,4 +1,5 @@
-"""Few-shot benchmark: vanilla IMLE, Adaptive IMLE and RS-IMLE on 100 images.
+"""Few-shot benchmark: vanilla IMLE, Adaptive IMLE and RS-IMLE against the GAN (with and
+without DiffAugment) and flow matching (sampled at 1 and 32 network evaluations) on 100 images.
 
 Data sets (all in ``../shared/data``):
 
@@ -7,8 +8,14 @@ Data sets (all in ``../shared/data``):
 * ``lfw-faces``: the 100 LFW face crops (25 x 25 grey) shipped by scikit-image; ``mlp``
   generator (no convolutional generator of that size is registered).
 
-Every method gets the same generator, the same configuration and the same CPU budget per data
-set (one torch thread, ``--jobs`` runs side by side). 5,000 samples of each model are scored:
+Every method gets the same CPU budget per data set (one torch thread, ``--jobs`` runs side by
+side). The IMLE rows share one configuration (S = all 100 images, one epoch per refresh, a pool
+of 50 |S|, batches of 10). The GAN rows train the IMLE rows' generator from the GAN preset
+(``imle.config.gan_config``, tuned on full MNIST), with batches of 32; "gan+diffaugment" adds
+DiffAugment (color, translation, cutout). The flow row trains the flow preset's velocity
+network (``flow-unet`` of width 16 for 28 x 28, ``flow-mlp`` of width 256 for the faces) with
+batches of 32 and is sampled by Euler with 1 and with 32 network evaluations (NFE). None of
+the GAN or flow settings was tuned for 100 images. 5,000 samples of each model are scored:
 
 * FID against the held-out test set (MNIST, Fashion-MNIST) in the data set's own classifier
   features (``mnist-cnn``, ``fashion-mnist-cnn``; no model here trains in them);
@@ -42,7 +49,7 @@ import torch.nn.functional as F
 from _common import markdown_table, read_log, train_cli, write_results
 
 import imle
-from imle.config import replace
+from imle.config import PRESETS, replace
 from imle.metrics import load_feature_extractor, memorization, prdc
 from imle.metrics.fid import feature_moments, frechet_distance
 from imle.plotting import save_grid
@@ -53,24 +60,43 @@ SETS = {
                               "test": "fashion-mnist"},
     "lfw-faces": {"model": "mlp", "features": "fashion-mnist-cnn", "test": None},
 }
+#: Row name -> (preset, settings over the data set's common ones).
 METHODS = {
-    "vanilla": {"method.type": "imle"},
-    "adaptive": {"method.type": "adaptive"},  # the authors' defaults: staleness 7, force 30
-    "rs": {"method.type": "rs", "method.options": {"epsilon_nn_frac": 0.5}},
+    "vanilla": ("default", {"method.type": "imle"}),
+    # the authors' defaults: staleness 7, force 30
+    "adaptive": ("default", {"method.type": "adaptive"}),
+    "rs": ("default", {"method.type": "rs", "method.options": {"epsilon_nn_frac": 0.5}}),
+    "gan": ("gan", {"optim.batch_size": 32}),
+    "gan+diffaugment": ("gan", {"optim.batch_size": 32,
+                                "method.options": {"diffaugment": "color,translation,cutout"}}),
+    "flow": ("flow", {"optim.batch_size": 32, "model.type": "auto"}),
 }
+#: Network evaluations per sample of the flow rows (Euler).
+FLOW_NFE = (1, 32)
 
 
 def config(data: str, method: str, data_dir: str | None) -> imle.TrainConfig:
     spec = SETS[data]
+    preset, settings = METHODS[method]
+    width = 256 if spec["model"] == "mlp" else None
+    if preset == "flow" and spec["model"] != "mlp":
+        width = 16  # the U-Net at its default width 32 takes ~60 steps a CPU-minute
     common = {
         "data.name": data, "data.data_dir": data_dir, "model.type": spec["model"],
-        "model.width": 256 if spec["model"] == "mlp" else None,
+        "model.width": width,
         # S = all 100 images, one epoch per refresh (the authors' few-shot loop), small batches.
         "method.subset_size": None, "method.refresh_epochs": 1.0, "method.pool_multiplier": 50,
         "optim.batch_size": 10, "progress": "none", "sample_every_outer": 200,
         "checkpoint_every_minutes": 60.0,
     }
-    return replace(imle.TrainConfig(), **common, **METHODS[method])
+    return replace(PRESETS[preset](), **{**common, **settings})
+
+
+def rows_of(method: str) -> list[tuple[str, int | None]]:
+    """(row name, NFE) of a trained method: the flow is sampled at each of `FLOW_NFE`."""
+    if METHODS[method][0] == "flow":
+        return [(f"{method}, {n} NFE", n) for n in FLOW_NFE]
+    return [(method, None)]
 
 
 def pad28(x: torch.Tensor) -> torch.Tensor:
@@ -133,18 +159,27 @@ def main() -> int:
         for method in METHODS:
             run = a.out / data / method
             model, _ = imle.load_method(run)
-            samples = model.sample(a.num, seed=0).clamp(0, 1)
-            grids.append(samples[:16])
             log = read_log(run)
-            row = {"data": data, "method": method, **score(data, samples, train_x, a.data_dir),
-                   "steps": log[-1]["step"], "refreshes": log[-1]["outer"],
-                   "mean_rematched_frac": float(np.mean([r["rematched_frac"] for r in log]))}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for name, nfe in rows_of(method):
+                if nfe is not None:
+                    model.configure_sampling(nfe=nfe, solver="euler")
+                t0 = time.perf_counter()
+                samples = model.sample(a.num, seed=0).clamp(0, 1)
+                ms = (time.perf_counter() - t0) / a.num * 1e3
+                grids.append(samples[:16])
+                row = {"data": data, "method": name,
+                       **score(data, samples, train_x, a.data_dir),
+                       "steps": log[-1]["step"], "refreshes": log[-1]["outer"],
+                       "ms_per_sample": ms}
+                if "rematched_frac" in log[-1]:
+                    row["mean_rematched_frac"] = float(np.mean([r["rematched_frac"]
+                                                                for r in log]))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
         # One row per picture line: training images, then each method's samples.
         save_grid(torch.cat(grids), a.out / f"{data}.png", nrow=16)
     keys = ["fid_test", "fid_train100", "precision", "recall", "coverage",
-            "memorization_ratio", "steps", "mean_rematched_frac"]
+            "memorization_ratio", "steps", "ms_per_sample", "mean_rematched_frac"]
     title = (f"100-shot, {a.num} samples per model, {a.cpu_minutes:g} CPU-minutes per model "
              "on one thread")
     table = markdown_table(title, ["data", "method"], keys, rows)

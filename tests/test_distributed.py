@@ -148,6 +148,21 @@ def test_two_process_gan_equals_one(tmp_path, data_dir):
     assert json.loads((tmp_path / "two" / "run_info.json").read_text())["world_size"] == 2
 
 
+def test_two_process_flow_equals_one(tmp_path, data_dir):
+    # Flow matching draws x_0 and t for the whole batch and each process keeps its rows.
+    args = TINY + ["--method", "flow", "--model", "flow-mlp", "--latent-dim", "0", "--outer",
+                   "2"]
+    run1(args + ["--run-dir", str(tmp_path / "one")])
+    run2(args + ["--run-dir", str(tmp_path / "two")])
+    la, lb = log(tmp_path / "one"), log(tmp_path / "two")
+    assert [r["step"] for r in la] == [r["step"] for r in lb] == [10, 20]
+    for ra, rb in zip(la, lb, strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+    (wa, _), (wb, _) = final(tmp_path / "one"), final(tmp_path / "two")
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5)
+
+
 def test_two_process_checkpoint_resumes_in_one(tmp_path, data_dir):
     run1(TINY + ["--outer", "6", "--run-dir", str(tmp_path / "one")])
     run2(TINY + ["--outer", "3", "--run-dir", str(tmp_path / "half")])

@@ -142,7 +142,7 @@ def test_a_method_registered_outside_trains_checkpoints_and_resumes(tmp_path, to
 
 def test_an_unknown_method_names_the_registered_ones():
     with pytest.raises(ConfigError, match=r"method.type='vae' is unknown; choose one of "
-                                          r"\['gan', 'imle', 'regression'\]"):
+                                          r"\['flow', 'gan', 'imle', 'regression'\]"):
         TrainConfig(method=imle.MethodConfig(type="vae"))
 
 

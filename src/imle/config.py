@@ -134,7 +134,8 @@ class ModelConfig(_Typed):
 
     Attributes:
         type: registered generator ("mlp", "dcgan28", "dcgan32", "resconv28", or for a
-            conditional task "img2img", "cond-mlp", "cond-dcgan28", ...); "auto" picks one
+            conditional task "img2img", "cond-mlp", "cond-dcgan28", ...; for a flow a velocity
+            network, "flow-mlp" or "flow-unet"); "auto" picks one
             from the data's shape and task (`imle.nets.auto_generator`) and the run's
             config.json records the choice.
         latent_dim: dimension of z ~ N(0, I) (reference code: 64); 0: derived from the data
@@ -155,9 +156,10 @@ class MethodConfig(_Typed):
 
     Attributes:
         type: the method, a name of `imle.methods.METHODS`: "imle", "gan" (the GAN baseline on
-            the same generator, `imle.methods.gan`; options there) or "regression" (T(0, c)
-            fit by regression). A matching rule's name ("vanilla", "rs", "adaptive") is
-            shorthand for "imle" with that matcher.
+            the same generator, `imle.methods.gan`; options there), "regression" (T(0, c)
+            fit by regression) or "flow" (flow matching with a velocity network,
+            `imle.methods.flow`; options there). A matching rule's name ("vanilla", "rs",
+            "adaptive") is shorthand for "imle" with that matcher.
         matcher: IMLE's matching rule, see `imle.matchers`: "vanilla" (Li & Malik 2018), "rs"
             (Rejection-Sampling IMLE) or "adaptive" (Adaptive IMLE); "auto": derived from the
             data (RS with epsilon from the data for low-dimensional vectors, vanilla
@@ -326,7 +328,6 @@ class TrainConfig(_Typed):
         from imle.data.tasks import TASK_PATTERN
         from imle.distances import DISTANCES
         from imle.methods import method_class
-        from imle.nets import CONDITIONAL_GENERATORS, GENERATORS
 
         def need(cond: bool, msg: str) -> None:
             if not cond:
@@ -337,9 +338,7 @@ class TrainConfig(_Typed):
         need(task == "" or bool(TASK_PATTERN.match(task)),
              f"data.task={task!r} is unknown; use superres:F, inpaint:top|bottom|left|right, "
              f"class or pairs (or leave it empty)")
-        nets = CONDITIONAL_GENERATORS if task else GENERATORS
-        kind = (f"a conditional generator (data.task is {task!r})" if task else
-                "an unconditional generator (data.task is empty)")
+        nets, kind = method_class(m.type).network_names(bool(task))
         need(self.model.type == "auto" or self.model.type in nets,
              f"model.type={self.model.type!r} is not {kind}; choose one of "
              f"{sorted(nets)} or 'auto'")
@@ -572,7 +571,17 @@ def gan_config() -> TrainConfig:
     )
 
 
+def flow_config() -> TrainConfig:
+    """The flow-matching baseline's configuration: ``method.type="flow"`` on the whole data set
+    with the optimiser flow models are trained with (Adam 1e-3, betas 0.9 / 0.999, cosine decay,
+    EMA 0.999; velocity network, sampler and time sampling in `imle.methods.flow`)."""
+    return TrainConfig(
+        method=MethodConfig(type="flow", subset_size=None, recall_sample=0),
+        optim=OptimConfig(type="adam", lr=1e-3, beta1=0.9, beta2=0.999, ema_decay=0.999),
+    )
+
+
 PRESETS = {"default": TrainConfig, "paper": paper_config, "reference": reference_config,
-           "gan": gan_config}
+           "gan": gan_config, "flow": flow_config}
 #: The preset ``imle train --method TYPE`` starts from when no --preset / --config is given.
-METHOD_PRESETS = {"gan": "gan"}
+METHOD_PRESETS = {"gan": "gan", "flow": "flow"}

@@ -30,6 +30,7 @@ import math
 from typing import Any
 
 from imle.config import TrainConfig, replace
+from imle.methods.base import method_class
 from imle.nets import auto_generator
 
 #: Unconditional vectors of at most this many numbers count as low-dimensional.
@@ -65,6 +66,15 @@ def derive(config: TrainConfig, sample_shape: tuple[int, ...],
         updates[field] = value
         notes[field] = (value, reason)
 
+    # The method's own rules first (e.g. a flow's velocity network); the general ones below
+    # leave the fields they set alone.
+    method = method_class(config.method.type)
+    own = method.derived_settings(
+        config, tuple(sample_shape), cond_shape, custom_generator)
+    if own:
+        updates.update({k: v for k, (v, _) in own.items()})
+        notes.update(own)
+        config = replace(config, **updates)
     m, model = config.method, config.model
     kind = model.type
     if kind == "auto" and not custom_generator:
@@ -86,7 +96,7 @@ def derive(config: TrainConfig, sample_shape: tuple[int, ...],
                        "k = 2% of |S|")
         else:
             choose("method.matcher", "vanilla", "the default")
-    if m.pool_multiplier == 0:
+    if m.pool_multiplier == 0 and method.draws_pools:
         choose("method.pool_multiplier", 2.0 if low else 10.0,
                low_why if low else "the reference")
     if m.pool_precision == "auto" and dims <= SMALL_SAMPLE:

@@ -14,18 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from imle.errors import ConfigError
+from imle.registry import factory_registrar
 
 GENERATORS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_generator(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator adding a generator factory ``f(latent_dim, sample_shape, width) -> Module``."""
-
-    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        GENERATORS[name] = factory
-        return factory
-
-    return wrap
+#: Decorator adding a generator factory ``f(latent_dim, sample_shape, width) -> Module``.
+register_generator = factory_registrar(
+    GENERATORS, "generator factory ``f(latent_dim, sample_shape, width) -> Module``")
 
 
 def build_generator(type: str, latent_dim: int, sample_shape: tuple[int, ...],
@@ -254,15 +250,9 @@ def _resconv28(latent_dim: int, sample_shape: tuple[int, ...], width: int | None
 CONDITIONAL_GENERATORS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_conditional_generator(name: str) -> Callable[[Callable[..., nn.Module]],
-                                                           Callable[..., nn.Module]]:
-    """Decorator adding a conditional generator factory under ``name``."""
-
-    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        CONDITIONAL_GENERATORS[name] = factory
-        return factory
-
-    return wrap
+#: Decorator adding a conditional generator factory under ``name``.
+register_conditional_generator = factory_registrar(CONDITIONAL_GENERATORS,
+                                                   "conditional generator factory")
 
 
 def auto_generator(sample_shape: tuple[int, ...],
@@ -391,3 +381,166 @@ class ImageToImage(nn.Module):
 def _img2img(latent_dim: int, sample_shape: tuple[int, ...], cond_shape: tuple[int, ...],
              width: int | None) -> nn.Module:
     return ImageToImage(latent_dim, sample_shape, cond_shape, width or 32)
+
+
+# ------------------------------------------------------------------- velocity networks (flow)
+#: Velocity network factories ``f(sample_shape, cond_shape, width)`` for flow matching; each
+#: module maps (x (B, *sample_shape), t (B,) in [0, 1]) -- plus c (B, *cond_shape) for a
+#: conditional run -- to a velocity (B, *sample_shape).
+VELOCITY_NETS: dict[str, Callable[..., nn.Module]] = {}
+
+
+#: Decorator adding a velocity network factory under ``name``.
+register_velocity_net = factory_registrar(VELOCITY_NETS, "velocity network factory")
+
+
+def auto_velocity_net(sample_shape: tuple[int, ...]) -> tuple[str, str]:
+    """The velocity network ``model.type = "auto"`` picks for a flow, and why: "flow-unet" for
+    images whose sides are multiples of 4, "flow-mlp" otherwise."""
+    if len(sample_shape) == 3 and sample_shape[1] % 4 == 0 and sample_shape[2] % 4 == 0:
+        return "flow-unet", "x".join(str(d) for d in sample_shape) + " images"
+    return "flow-mlp", f"{math.prod(sample_shape)}-number samples"
+
+
+def build_velocity_net(type: str, sample_shape: tuple[int, ...],
+                       cond_shape: tuple[int, ...] | None = None,
+                       width: int | None = None) -> nn.Module:
+    """Builds a registered velocity network v(x, t[, c])."""
+    if type not in VELOCITY_NETS:
+        raise ConfigError(f"model.type={type!r} is not a velocity network; flow matching trains "
+                          f"one of {sorted(VELOCITY_NETS)} (or 'auto')")
+    return VELOCITY_NETS[type](sample_shape=tuple(sample_shape),
+                               cond_shape=None if cond_shape is None else tuple(cond_shape),
+                               width=width)
+
+
+def time_features(t: torch.Tensor, dim: int = 64) -> torch.Tensor:
+    """Sinusoidal features (B, dim) of times t (B,) in [0, 1]: DDPM's embedding of 1000 t,
+    angular frequencies from 1 to 1/1000, so both coarse and fine changes in t are seen."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32)
+                      * (-math.log(1000.0) / max(half - 1, 1)))
+    ang = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([ang.sin(), ang.cos()], 1)
+
+
+class VelocityMLP(nn.Module):
+    """v(x, t[, c]) for vectors (and any shape, flattened): an MLP on [x, c, features(t)] with
+    SiLU hidden layers of ``width`` units; the output layer starts at zero (v = 0)."""
+
+    def __init__(self, sample_shape: tuple[int, ...], cond_shape: tuple[int, ...] | None = None,
+                 width: int = 512, layers: int = 3) -> None:
+        super().__init__()
+        self.sample_shape = tuple(sample_shape)
+        dim = math.prod(sample_shape)
+        dims = [dim + (math.prod(cond_shape) if cond_shape else 0) + 64] + [width] * layers
+        mods: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            mods += [nn.Linear(a, b), nn.SiLU()]
+        out = nn.Linear(width, dim)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.net = nn.Sequential(*mods, out)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                c: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [x.flatten(1), time_features(t).to(x.dtype)]
+        if c is not None:
+            parts.insert(1, c.flatten(1).to(x.dtype))
+        return self.net(torch.cat(parts, 1)).view(x.shape[0], *self.sample_shape)
+
+
+def _groups(ch: int) -> int:
+    return math.gcd(8, ch)
+
+
+class _TimeResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with a per-channel scale and shift from the time embedding
+    between them (FiLM), and a 1x1 skip when the channel count changes."""
+
+    def __init__(self, c_in: int, c_out: int, emb: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(emb, 2 * c_out)
+        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb).chunk(2, 1)
+        h = self.norm2(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class VelocityUNet(nn.Module):
+    """v(x, t[, c]) for images (C, H, W) with H, W multiples of 4: a small U-Net.
+
+    (C, H, W) -> conv to w -> block (w, H) -> stride-2 conv -> block (2w, H/2) -> stride-2
+    conv -> block (4w, H/4) -> block -> nearest upsample + conv, concat skip -> block (2w,
+    H/2) -> upsample + conv, concat skip -> block (w, H) -> conv to C (starts at zero). Each
+    block takes the time embedding (sinusoidal features -> MLP of 4w) by FiLM. A vector
+    condition (classes) is added to the time embedding through a linear map; an image
+    condition (super-resolution, completion) is resized to (H, W) and concatenated to x.
+    """
+
+    def __init__(self, sample_shape: tuple[int, ...], cond_shape: tuple[int, ...] | None = None,
+                 width: int = 32) -> None:
+        super().__init__()
+        if len(sample_shape) != 3 or sample_shape[1] % 4 or sample_shape[2] % 4:
+            raise ConfigError(f"'flow-unet' makes images (C, H, W) with H, W multiples of 4; "
+                              f"these samples have shape {tuple(sample_shape)}: use 'flow-mlp'")
+        c, h, w_ = sample_shape
+        w, e = width, 4 * width
+        self.size = (h, w_)
+        self.image_cond = cond_shape is not None and len(cond_shape) == 3
+        c_in = c + (cond_shape[0] if self.image_cond else 0)
+        self.time = nn.Sequential(nn.Linear(64, e), nn.SiLU(), nn.Linear(e, e))
+        self.cond = (nn.Linear(math.prod(cond_shape), e)
+                     if cond_shape is not None and not self.image_cond else None)
+        self.inp = nn.Conv2d(c_in, w, 3, padding=1)
+        self.enc1 = _TimeResBlock(w, w, e)
+        self.down1 = nn.Conv2d(w, 2 * w, 4, 2, 1)
+        self.enc2 = _TimeResBlock(2 * w, 2 * w, e)
+        self.down2 = nn.Conv2d(2 * w, 4 * w, 4, 2, 1)
+        self.mid1 = _TimeResBlock(4 * w, 4 * w, e)
+        self.mid2 = _TimeResBlock(4 * w, 4 * w, e)
+        self.up2 = nn.Conv2d(4 * w, 2 * w, 3, padding=1)
+        self.dec2 = _TimeResBlock(4 * w, 2 * w, e)
+        self.up1 = nn.Conv2d(2 * w, w, 3, padding=1)
+        self.dec1 = _TimeResBlock(2 * w, w, e)
+        self.out_norm = nn.GroupNorm(_groups(w), w)
+        self.out = nn.Conv2d(w, c, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                c: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time(time_features(t).to(x.dtype))
+        if c is not None and self.image_cond:
+            c = c.to(x.dtype) if c.is_floating_point() else c.float()
+            if tuple(c.shape[2:]) != self.size:
+                c = F.interpolate(c, size=self.size, mode="nearest")
+            x = torch.cat([x, c.to(x.dtype)], 1)
+        elif c is not None and self.cond is not None:
+            emb = emb + self.cond(c.flatten(1).to(emb.dtype))
+        emb = F.silu(emb)
+        h1 = self.enc1(self.inp(x), emb)
+        h2 = self.enc2(self.down1(h1), emb)
+        h = self.mid2(self.mid1(self.down2(h2), emb), emb)
+        h = self.dec2(torch.cat([self.up2(F.interpolate(h, scale_factor=2.0)), h2], 1), emb)
+        h = self.dec1(torch.cat([self.up1(F.interpolate(h, scale_factor=2.0)), h1], 1), emb)
+        return self.out(F.silu(self.out_norm(h)))
+
+
+@register_velocity_net("flow-mlp")
+def _flow_mlp(sample_shape: tuple[int, ...], cond_shape: tuple[int, ...] | None,
+              width: int | None) -> nn.Module:
+    return VelocityMLP(sample_shape, cond_shape, width or 512)
+
+
+@register_velocity_net("flow-unet")
+def _flow_unet(sample_shape: tuple[int, ...], cond_shape: tuple[int, ...] | None,
+               width: int | None) -> nn.Module:
+    return VelocityUNet(sample_shape, cond_shape, width or 32)

@@ -22,3 +22,18 @@ def class_registrar(table: dict[str, Any], kind: str) -> Callable[[str], Callabl
 
     register.__doc__ = f"Class decorator adding a {kind} subclass under ``name``."
     return register
+
+
+def factory_registrar(table: dict[str, Any], kind: str) -> Callable[[str], Callable[[T], T]]:
+    """A ``register(name)`` decorator storing a factory function in ``table`` under ``name``
+    (``kind`` describes the factory, for the docs)."""
+
+    def register(name: str) -> Callable[[T], T]:
+        def wrap(factory: T) -> T:
+            table[name] = factory
+            return factory
+
+        return wrap
+
+    register.__doc__ = f"Decorator adding a {kind} under ``name``."
+    return register

@@ -16,7 +16,7 @@ from imle.checkpoint import checkpoint_problem, find_checkpoint, load_weights, r
 from imle.config import DEVICE_PATTERN, TrainConfig, config_hash, config_mismatch
 from imle.defaults import derive
 from imle.errors import CheckpointError, ConfigError
-from imle.methods import ConditionalIMLE, Method, method_class
+from imle.methods import Method, method_class
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,12 +135,14 @@ def load_method(run_dir: str | Path, checkpoint: str | Path | None = None,
 
 def sample_from_run(run_dir: str | Path, num: int, seed: int = 0, batch_size: int = 1000,
                     checkpoint: str | Path | None = None, device: str = "cpu",
-                    conditions: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+                    conditions: torch.Tensor | None = None, nfe: int | None = None,
+                    solver: str | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Draws samples from a trained run.
 
     Args:
         conditions: for a conditional run, (n, *condition_shape): ``num`` samples each.
+        nfe, solver: a flow's network evaluations per sample and ODE solver (default: the
+            run's ``method.options``); other methods refuse them.
 
     Returns:
         (samples float32 on CPU, the run's config as a dict): (num, *sample_shape), or
@@ -148,7 +150,8 @@ def sample_from_run(run_dir: str | Path, num: int, seed: int = 0, batch_size: in
     """
     method, config = load_method(run_dir, checkpoint, device)
     method.pool_batch_size = batch_size
-    if isinstance(method, ConditionalIMLE):
+    method.configure_sampling(nfe=nfe, solver=solver)
+    if method.cond_shape is not None:
         if conditions is None:
             raise ConfigError(f"{run_dir} is a conditional run (task "
                               f"{config.data.task!r}); give conditions (imle sample "

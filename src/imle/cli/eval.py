@@ -68,6 +68,10 @@ def _add_eval(sub) -> None:
                    help="disk cache of reference statistics (default: $IMLE_CACHE_DIR/metrics "
                         "or ~/.cache/imle/metrics; 'none' disables)")
     p.add_argument("--batch-size", type=int, default=1000, help="sampling batch size")
+    p.add_argument("--nfe", type=int, default=None,
+                   help="flow runs: network evaluations per sample (default: the run's)")
+    p.add_argument("--solver", choices=("euler", "heun"), default=None,
+                   help="flow runs: ODE solver (default: the run's)")
     p.add_argument("--device", default="cpu", help="device of the feature extractor")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default; 1 is fastest on busy shared "
@@ -186,7 +190,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
         num = 10_000 if args.num is None else args.num
         check_sizes(num, metrics, kid_subset_size=args.kid_subset_size, prdc_k=args.prdc_k)
-        x, config = sample_from_run(run_dir, num, seed=args.seed, batch_size=args.batch_size)
+        x, config = sample_from_run(run_dir, num, seed=args.seed, batch_size=args.batch_size,
+                                    nfe=args.nfe, solver=args.solver)
         data_cfg = (config or {}).get("data", {}) or {}
         data = args.data or data_cfg.get("name")
         if data is None:
@@ -214,6 +219,8 @@ def run_eval(args: argparse.Namespace) -> int:
                                  Path(args.cache_dir)))
     result["settings"].update(source)
     result["settings"]["sampling_s"] = round(t_sample, 3)
+    result["settings"].update({k: getattr(args, k) for k in ("nfe", "solver")
+                               if getattr(args, k, None) is not None})
     result["settings"]["command"] = "imle eval " + " ".join(
         shlex.quote(a) for a in getattr(args, "_argv", []) or [str(target)])
     print(format_table(result))
@@ -265,6 +272,7 @@ def _eval_conditional(args: argparse.Namespace, run_dir: Path) -> int:
     num_classes = method.cond_shape[0] if task == "class" else None
     cond, _ = make_task(task, truth, labels, num_classes=num_classes)
     method.pool_batch_size = args.batch_size
+    method.configure_sampling(nfe=args.nfe, solver=args.solver)
     samples = method.sample_conditional(cond.to(method.device), k, seed=args.seed).cpu()
     ext_name = args.extractor or DEFAULT_EXTRACTOR.get(name)
     extractor = load_feature_extractor(ext_name, args.device) if ext_name else None

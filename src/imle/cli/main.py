@@ -143,6 +143,11 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
                              "--num samples each, written as (n, NUM, *sample_shape)")
     sample.add_argument("--checkpoint", type=Path, help="checkpoint or snapshot folder")
     sample.add_argument("--batch-size", type=int, default=1000)
+    sample.add_argument("--nfe", type=int, default=None,
+                        help="flow runs: network evaluations per sample (default: the run's "
+                             "method.options nfe, 32)")
+    sample.add_argument("--solver", choices=("euler", "heun"), default=None,
+                        help="flow runs: ODE solver (default: the run's, euler)")
     sample.add_argument("--device", default="cpu")
     sample.set_defaults(func=_cmd_sample)
 
@@ -338,7 +343,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             raise DataError(f"{args.conditions}: cannot read as .npy ({exc})") from exc
     samples, _ = sample_from_run(args.run, args.num, seed=args.seed, batch_size=args.batch_size,
                                  checkpoint=args.checkpoint, device=args.device,
-                                 conditions=conditions)
+                                 conditions=conditions, nfe=args.nfe, solver=args.solver)
     with atomic_path(args.out) as tmp:
         np.save(tmp, samples.clamp(0, 1).numpy().astype(np.float32))
     print(f"wrote {tuple(samples.shape)} float32 samples to {args.out}")

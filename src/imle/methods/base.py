@@ -13,7 +13,7 @@ chooses it by name, and its options arrive as ``method.options``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,7 +23,13 @@ from torch import nn
 
 from imle.errors import ConfigError, ShapeError
 from imle.knn._kernels import native_bf16
-from imle.nets import auto_generator, build_conditional_generator, build_generator
+from imle.nets import (
+    CONDITIONAL_GENERATORS,
+    GENERATORS,
+    auto_generator,
+    build_conditional_generator,
+    build_generator,
+)
 from imle.registry import class_registrar
 
 if TYPE_CHECKING:
@@ -142,6 +148,11 @@ class Method(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    #: Whether the method draws pools of samples to match (IMLE): the pool's settings
+    #: (``method.pool_multiplier``) are derived for it only.
+    draws_pools: ClassVar[bool] = False
+    #: Shape of one condition for a conditional method, None for an unconditional one.
+    cond_shape: tuple[int, ...] | None = None
 
     def __init__(self, generator: nn.Module, latent_dim: int, *, ema_decay: float = 0.0,
                  pool_batch_size: int = 512, pool_precision: str = "fp32") -> None:
@@ -168,6 +179,23 @@ class Method(nn.Module):
     def validate_config(cls, config: TrainConfig) -> None:
         """Raises ConfigError for settings this method cannot train (called by
         `TrainConfig.validate`)."""
+
+    @classmethod
+    def network_names(cls, conditional: bool) -> tuple[Collection[str], str]:
+        """The ``model.type`` names this method can build (besides "auto") and what they are,
+        for a conditional run or not."""
+        if conditional:
+            return CONDITIONAL_GENERATORS, "a conditional generator (data.task is set)"
+        return GENERATORS, "an unconditional generator (data.task is empty)"
+
+    @classmethod
+    def derived_settings(cls, config: TrainConfig, sample_shape: tuple[int, ...],
+                         cond_shape: tuple[int, ...] | None, custom_generator: bool
+                         ) -> dict[str, tuple[Any, str]]:
+        """Settings this method derives from the data before the general rules of
+        `imle.defaults.derive` run: {dotted field: (value, reason)} for fields the config
+        leaves to "auto" / 0 (e.g. a flow's velocity network); none by default."""
+        return {}
 
     @classmethod
     def from_config(cls, config: TrainConfig, sample_shape: tuple[int, ...],
@@ -360,6 +388,13 @@ class Method(nn.Module):
         for e, b in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
             e.copy_(b)
 
+    def configure_sampling(self, nfe: int | None = None, solver: str | None = None) -> None:
+        """Sets how a multi-step sampler samples (a flow's network evaluations and ODE
+        solver); a method that samples in one forward pass refuses any setting."""
+        if nfe is not None or solver is not None:
+            raise ConfigError(f"method {self.name!r} draws a sample in one forward pass; nfe "
+                              f"and solver apply to flow runs (method.type='flow')")
+
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None, use_ema: bool = True) -> torch.Tensor:
         """Draws n samples.
@@ -375,6 +410,12 @@ class Method(nn.Module):
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))
         return self._sample(n, seed, use_ema)
+
+    def sample_conditional(self, conditions: torch.Tensor, k: int, seed: int = 0,
+                           use_ema: bool = True) -> torch.Tensor:
+        """k samples for each of the conditions (n, *cond_shape): (n, k, *sample_shape);
+        conditional methods only."""
+        raise ShapeError(f"method {self.name!r} is unconditional here; use sample(n)")
 
     def _sample(self, n: int, seed: int, use_ema: bool,
                 conditions: torch.Tensor | None = None) -> torch.Tensor:

@@ -114,6 +114,8 @@ class IMLE(Method):
         >>> images = method.sample(16)              # (16, C, H, W)
     """
 
+    draws_pools = True
+
     def __init__(self, generator: nn.Module, latent_dim: int, *,
                  matcher: str | Matcher = "vanilla", options: dict | None = None,
                  distance: str | Distance = "l2", distance_options: dict | None = None,
