@@ -1,5 +1,5 @@
 """Multimodal behaviour cloning on the two-route navigation task (`imle.envs.two_route`):
-conditional RS-IMLE against MSE regression and a DDPM action-chunk policy.
+conditional RS-IMLE against MSE regression, a DDPM action-chunk policy and a flow-matching one.
 
 The expert goes around the obstacle above or below at random; a policy sees the last two
 positions and outputs a 16-step action chunk, of which 8 steps are executed before it is asked
@@ -14,7 +14,10 @@ again. For each demonstration count (episodes of the expert):
   a route once taken; a fresh latent per chunk may switch routes mid-way);
 * ``regression``: the same network at z = 0 on the squared error (``--method regression``);
 * ``ddpm``: `imle.baselines.ddpm_policy`, a denoiser MLP of the same hidden size, the
-  squared-cosine schedule with 100 steps (Diffusion Policy's), ancestral sampling.
+  squared-cosine schedule with 100 steps (Diffusion Policy's), ancestral sampling;
+* ``flow, N NFE``: conditional flow matching (``--method flow`` from the flow preset, the
+  conditional ``flow-mlp`` velocity network with hidden width 256), sampled by Euler with
+  ``--flow-nfe`` network evaluations per chunk (1 and 10 by default), a fresh noise per chunk.
 
 All get ``--cpu-seconds`` of process CPU time on one thread. Each is rolled out ``--rollouts``
 times from the same random starts: success rate, the share of episodes passing above / below
@@ -36,7 +39,7 @@ from _common import markdown_table, read_log, train_cli, write_results
 
 import imle
 from imle.baselines.ddpm_policy import train_ddpm_policy
-from imle.config import replace
+from imle.config import flow_config, replace
 from imle.envs.two_route import EXECUTE, demonstrations, rollout
 
 
@@ -49,6 +52,12 @@ def imle_config(npz: Path, method: str) -> imle.TrainConfig:
         "method.pool_multiplier": 20.0, "method.pool_precision": "fp32",
         "method.recall_sample": 0, "optim.ema_decay": 0.0, "progress": "none",
         "sample_every_outer": 0, **extra})
+
+
+def flow_policy_config(npz: Path) -> imle.TrainConfig:
+    return replace(flow_config(), **{
+        "data.name": str(npz), "data.task": "pairs", "model.type": "flow-mlp",
+        "model.width": 256, "progress": "none", "sample_every_outer": 0})
 
 
 def imle_policy(model):
@@ -76,6 +85,13 @@ def consistent_imle_policy(model, k: int = 20):
     return policy
 
 
+def flow_policy(model, nfe: int):
+    """Euler with `nfe` velocity evaluations per chunk, fresh noise each call."""
+    model.configure_sampling(nfe=nfe, solver="euler")
+    calls = iter(range(10**9))
+    return lambda obs: model.sample_conditional(obs, 1, seed=next(calls))[:, 0]
+
+
 def ddpm_policy(model):
     g = torch.Generator().manual_seed(0)
     return lambda obs: model.sample(obs, g)
@@ -96,6 +112,8 @@ def main() -> int:
     ap.add_argument("--cpu-seconds", type=float, default=60.0)
     ap.add_argument("--demos", default="5,20,100", help="expert episodes, comma-separated")
     ap.add_argument("--rollouts", type=int, default=200)
+    ap.add_argument("--flow-nfe", default="1,10",
+                    help="Euler steps of the flow policy's rows, comma-separated")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -106,16 +124,23 @@ def main() -> int:
         npz = a.out / f"demos-{episodes}.npz"
         np.savez(npz, c=obs.numpy(), x=act.numpy())
         policies, info, model_of = {}, {}, {}
-        for method in ("imle", "regression"):
+        for method in ("imle", "regression", "flow"):
             run = a.out / f"{method}-{episodes}"
-            trained.append(train_cli(imle_config(npz, method), run, a.cpu_seconds / 60))
+            cfg = flow_policy_config(npz) if method == "flow" else imle_config(npz, method)
+            trained.append(train_cli(cfg, run, a.cpu_seconds / 60))
             model, _ = imle.load_method(run)
+            log = read_log(run)
+            if method == "flow":  # one trained flow, sampled with each number of steps
+                for nfe in (int(n) for n in a.flow_nfe.split(",")):
+                    name = f"flow, {nfe} NFE"
+                    policies[name] = flow_policy(imle.load_method(run)[0], nfe)
+                    info[name] = {"steps": log[-1]["step"], "cpu_s": log[-1]["cpu_s"]}
+                continue
             policies[method] = imle_policy(model)
             model_of[method] = model
             if method == "imle":
                 policies["imle-consistent"] = consistent_imle_policy(model)
                 model_of["imle-consistent"] = model
-            log = read_log(run)
             info[method] = {"steps": log[-1]["step"], "cpu_s": log[-1]["cpu_s"]}
         info["imle-consistent"] = info["imle"]
         ddpm, stats = train_ddpm_policy(obs, act, a.cpu_seconds, seed=0, layers=2)

@@ -6,7 +6,12 @@ Each row is a real ``imle train`` process (the command a new user types, plus ``
 quality within 3 std of its nearest centre, a mode counts when it holds one). ``ring8`` (radius 2,
 std 0.02) was not used to choose the rules (grid25 and pacgan-ring8 were) and checks them.
 
+The flow rows (``--configs flow32,flow4,flow1``) train ``imle train --data D --method flow`` once
+per seed and sample that run by Euler with 32, 4 and 1 network evaluations.
+
     python benchmarks/toy_defaults.py --out docs/results/toy-defaults-2026-12-05 --seeds 5
+    python benchmarks/toy_defaults.py --out docs/results/flow-toy-2026-12-05 --seeds 3 \
+        --data grid25,pacgan-ring8 --configs auto,flow32,flow4,flow1
 
 Writes ``trials.jsonl`` (one line per run), ``table.md`` and prints the table.
 """
@@ -36,22 +41,32 @@ PREVIOUS = ["--matcher", "vanilla", "--latent-dim", "12", "--width", "1024",
 #: R1 weight 0.1, a 2 x 256 MLP generator with a 4-D latent and a comparable critic).
 GAN = ["--method", "gan", "--model", "mlp", "--width", "256", "--latent-dim", "4", "--lr",
        "2e-4", "--beta1", "0.5", "--method-options", '{"r1_gamma": 0.1}']
+#: Flow matching with its preset and no other flag (`imle train --data D --method flow`).
+FLOW = ["--method", "flow"]
 CONFIGS = {"defaults (from the data)": [], "previous defaults": PREVIOUS, "GAN (2-D preset)": GAN,
            # A candidate checked on other seeds before it could become a default.
-           "defaults with lr 1e-2": ["--lr", "0.01"]}
+           "defaults with lr 1e-2": ["--lr", "0.01"],
+           "flow (preset), 32 NFE": FLOW, "flow (preset), 4 NFE": FLOW,
+           "flow (preset), 1 NFE": FLOW}
 SHORT = {"defaults (from the data)": "auto", "previous defaults": "prev", "GAN (2-D preset)": "gan",
-         "defaults with lr 1e-2": "lr2"}
+         "defaults with lr 1e-2": "lr2", "flow (preset), 32 NFE": "flow32",
+         "flow (preset), 4 NFE": "flow4", "flow (preset), 1 NFE": "flow1"}
+#: Rows that sample one trained run differently: row -> (run folder's short name, Euler NFE).
+SAMPLED = {"flow (preset), 32 NFE": ("flow", 32), "flow (preset), 4 NFE": ("flow", 4),
+           "flow (preset), 1 NFE": ("flow", 1)}
 
 
 def run_one(out: Path, data: str, name: str, flags: list[str], seed: int, minutes: float) -> dict:
-    run = out / "runs" / f"{data}-{SHORT[name]}-s{seed}"
+    short, nfe = SAMPLED.get(name, (SHORT[name], None))
+    run = out / "runs" / f"{data}-{short}-s{seed}"
     cmd = [sys.executable, "-m", "imle", "train", "--data", data, "--cpu-minutes", str(minutes),
            "--seed", str(seed), "--run-dir", str(run), "--progress", "none", *flags]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    x, config = sample_from_run(run, 2500, seed=1000 + seed)
+    if not (nfe is not None and (run / "checkpoints" / "latest").exists()):  # trained once
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    x, config = sample_from_run(run, 2500, seed=1000 + seed, nfe=nfe)
     centers, std = mixture(data)
     r = mixture_modes(x, centers, std)
     counts = r["counts"]
@@ -61,7 +76,7 @@ def run_one(out: Path, data: str, name: str, flags: list[str], seed: int, minute
             "largest_mode_share": max(counts) / max(1, sum(counts)),
             "steps": log[-1]["step"], "epsilon": log[-1].get("epsilon"),
             "wall_s": round(time.perf_counter() - t0, 1),
-            "command": " ".join(["imle", "train"] + cmd[4:]), "counts": counts,
+            "command": " ".join(["imle", "train"] + cmd[4:]), "counts": counts, "nfe": nfe,
             "derived": {k: config["model"][k] for k in ("type", "latent_dim", "width")}
             | {k: config["method"][k] for k in ("matcher", "options", "pool_multiplier",
                                                  "pool_precision")}}

@@ -426,7 +426,14 @@ def time_features(t: torch.Tensor, dim: int = 64) -> torch.Tensor:
 
 class VelocityMLP(nn.Module):
     """v(x, t[, c]) for vectors (and any shape, flattened): an MLP on [x, c, features(t)] with
-    SiLU hidden layers of ``width`` units; the output layer starts at zero (v = 0)."""
+    SiLU hidden layers of ``width`` units, plus a per-number gain on x set by t,
+    v = MLP(x, c, t) + g(t) * x. Both start at zero (v = 0).
+
+    The gain matters when the sample has more numbers than the hidden layers: a velocity
+    carries a full-rank term in x (near t = 0 it is about E[x1] - x), which a hidden layer of
+    ``width`` < dim units cannot pass through (a 625-number face through 256 units kept most of
+    its starting noise); g(t) * x carries it at any width.
+    """
 
     def __init__(self, sample_shape: tuple[int, ...], cond_shape: tuple[int, ...] | None = None,
                  width: int = 512, layers: int = 3) -> None:
@@ -441,13 +448,18 @@ class VelocityMLP(nn.Module):
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
         self.net = nn.Sequential(*mods, out)
+        self.gain = nn.Linear(64, dim)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.gain.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor,
                 c: torch.Tensor | None = None) -> torch.Tensor:
-        parts = [x.flatten(1), time_features(t).to(x.dtype)]
+        flat, tf = x.flatten(1), time_features(t).to(x.dtype)
+        parts = [flat, tf]
         if c is not None:
             parts.insert(1, c.flatten(1).to(x.dtype))
-        return self.net(torch.cat(parts, 1)).view(x.shape[0], *self.sample_shape)
+        v = self.net(torch.cat(parts, 1)) + self.gain(tf) * flat
+        return v.view(x.shape[0], *self.sample_shape)
 
 
 def _groups(ch: int) -> int:
