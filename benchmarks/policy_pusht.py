@@ -39,7 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import markdown_table, read_log, train_cli, write_results
-from policy_two_route import consistent_imle_policy, flow_policy, flow_policy_config, imle_config
+from policy_two_route import (
+    consistent_imle_policy,
+    flow_policy,
+    flow_policy_config,
+    imle_config,
+    imle_policy,
+)
 
 import imle
 from imle.baselines.ddpm_policy import train_ddpm_policy
@@ -52,11 +58,6 @@ def torch_policy(fn):
         with torch.no_grad():
             return fn(torch.from_numpy(obs)).numpy()
     return policy
-
-
-def fresh_latent_policy(model):
-    calls = iter(range(10**9))
-    return lambda obs: model.sample_conditional(obs, 1, seed=next(calls))[:, 0]
 
 
 def chunk_ms(fn, obs: np.ndarray) -> float:
@@ -119,7 +120,7 @@ def main() -> int:
                         imle.load_method(run)[0], nfe)
                     info[name] = stats
                 continue
-            policies[method] = lambda run=run: fresh_latent_policy(imle.load_method(run)[0])
+            policies[method] = lambda run=run: imle_policy(imle.load_method(run)[0])
             info[method] = stats
             if method == "imle":
                 policies["imle-consistent"] = lambda run=run: consistent_imle_policy(
