@@ -17,7 +17,7 @@ from imle.reproduce.search import DegradedSearcher
 
 def test_every_experiment_of_the_report_is_registered() -> None:
     assert set(EXPERIMENTS) == {"table", "modes", "gradients", "stability", "likelihood",
-                                "search", "metric", "k", "cost"}
+                                "search", "metric", "k", "cost", "fewshot"}
     import importlib
 
     for module, question in EXPERIMENTS.values():
@@ -35,6 +35,24 @@ def test_likelihood_quick_writes_its_folder(tmp_path, capsys) -> None:
     meta = json.loads((out / "meta.json").read_text())
     assert meta["quick"] and meta["scale"] == 0.1 and "cpu" in meta["machine"]
     assert "| family |" in capsys.readouterr().out
+
+
+def test_fewshot_quick_scores_every_row(tmp_path, data_dir) -> None:
+    out = tmp_path / "fewshot"
+    result = run_experiment("fewshot", out, quick=True, scale=0.1)
+    names = [r["method"] for r in result["rows"]]
+    assert names == ["the 100 training images", "vanilla", "rs", "gan+diffaugment",
+                     "flow, 1 NFE", "flow, 32 NFE"]
+    real, *models = result["rows"]
+    assert real["fid_train100"] < 1e-6 and real["memorization_ratio"] < 1e-3  # they are S
+    for r in models:
+        assert math.isfinite(r["fid_test"]) and r["fid_test"] > real["fid_test"]
+        assert 0 <= r["recall"] <= 1 and r["steps"] > 0 and r["ms_per_sample"] > 0
+    # The flow's 32-step row takes more time per sample than its 1-step row (same network).
+    assert models[-1]["ms_per_sample"] > models[-2]["ms_per_sample"]
+    table = json.loads((out / "table.json").read_text())
+    assert table["settings"]["sets"] == ["mnist-100shot"] and len(table["rows"]) == 6
+    assert (out / "mnist-100shot.png").stat().st_size > 1000
 
 
 def test_degraded_searcher_has_the_recall_it_is_given() -> None:

@@ -152,8 +152,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
     sample.set_defaults(func=_cmd_sample)
 
     rep = sub.add_parser("reproduce", help="run one experiment of docs/RESULTS.md into a folder")
-    rep.add_argument("name", help="experiment: table, modes, gradients, stability, likelihood, "
-                                  "search, metric, k or cost")
+    from imle.reproduce import EXPERIMENTS
+
+    rep.add_argument("name", help="experiment: " + ", ".join(EXPERIMENTS))
     rep.add_argument("--out", type=Path, required=True, help="output folder (table.json, "
                      "table.md, figures, samples, meta.json; runs/ holds the training runs)")
     rep.add_argument("--quick", action="store_true",

@@ -31,6 +31,8 @@ EXPERIMENTS = {
     "metric": ("imle.reproduce.metric", "the distance metric"),
     "k": ("imle.reproduce.k", "k = 1 vs the k > 1 nearest samples"),
     "cost": ("imle.reproduce.cost", "time per outer iteration as data and pool grow"),
+    "fewshot": ("imle.reproduce.fewshot",
+                "100-shot: IMLE against the GAN (+ DiffAugment) and flow matching"),
 }
 
 
