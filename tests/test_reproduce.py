@@ -3,6 +3,7 @@ searcher."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -17,7 +18,7 @@ from imle.reproduce.search import DegradedSearcher
 
 def test_every_experiment_of_the_report_is_registered() -> None:
     assert set(EXPERIMENTS) == {"table", "modes", "gradients", "stability", "likelihood",
-                                "search", "metric", "k", "cost", "fewshot"}
+                                "search", "metric", "k", "cost", "fewshot", "policy"}
     import importlib
 
     for module, question in EXPERIMENTS.values():
@@ -53,6 +54,27 @@ def test_fewshot_quick_scores_every_row(tmp_path, data_dir) -> None:
     table = json.loads((out / "table.json").read_text())
     assert table["settings"]["sets"] == ["mnist-100shot"] and len(table["rows"]) == 6
     assert (out / "mnist-100shot.png").stat().st_size > 1000
+
+
+def test_policy_quick_rolls_out_every_policy(tmp_path) -> None:
+    out = tmp_path / "policy"
+    result = run_experiment("policy", out, quick=True, scale=0.2)
+    two = [r for r in result["rows"] if r["task"] == "two-route"]
+    assert [r["method"] for r in two] == ["imle", "imle-consistent", "regression",
+                                          "flow, 1 NFE", "flow, 10 NFE", "ddpm"]
+    for r in two:
+        assert 0 <= r["success"] <= 1 and r["chunk_ms"] > 0 and r["steps"] > 0
+        assert r["success"] + r["collided"] <= 1 + 1e-6  # a collision is never a success
+        assert r["above"] + r["below"] <= 1 + 1e-6
+    by = {r["method"]: r for r in two}
+    # DDPM takes 100 network passes per chunk, IMLE one (same width and depth).
+    assert by["ddpm"]["chunk_ms"] > 5 * by["imle"]["chunk_ms"]
+    table = json.loads((out / "table.json").read_text())
+    push = [r for r in result["rows"] if r["task"] == "push-t"]
+    if importlib.util.find_spec("gym_pusht") is None:
+        assert not push and any("robot extra" in n for n in table["notes"])
+    else:
+        assert push[0]["method"] == "hold still (reference)" and len(push) == 7
 
 
 def test_degraded_searcher_has_the_recall_it_is_given() -> None:

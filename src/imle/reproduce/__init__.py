@@ -33,6 +33,8 @@ EXPERIMENTS = {
     "cost": ("imle.reproduce.cost", "time per outer iteration as data and pool grow"),
     "fewshot": ("imle.reproduce.fewshot",
                 "100-shot: IMLE against the GAN (+ DiffAugment) and flow matching"),
+    "policy": ("imle.reproduce.policy",
+               "behaviour cloning: IMLE Policy against regression, DDPM and flow policies"),
 }
 
 
