@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from _common import markdown_table, read_log, train_cli, write_results
 
 import imle
 from imle.plotting import save_grid
-from imle.reproduce.fewshot import METHODS, SETS, config, rows_of, score
+from imle.reproduce.fewshot import METHODS, SETS, config, score_set
 
 
 def main() -> int:
@@ -45,33 +44,13 @@ def main() -> int:
     train_wall = time.perf_counter() - t0
     rows = []
     for data in SETS:
-        train_x = imle.data.load_dataset(data, "train", data_dir=a.data_dir).x
-        grids = [train_x[:16]]
-        real = score(data, train_x[torch.randperm(100, generator=torch.Generator().manual_seed(0))],
-                     train_x, a.data_dir)
-        rows.append({"data": data, "method": "the 100 training images", **real})
-        for method in METHODS:
-            run = a.out / data / method
-            model, _ = imle.load_method(run)
-            log = read_log(run)
-            for name, nfe in rows_of(method):
-                if nfe is not None:
-                    model.configure_sampling(nfe=nfe, solver="euler")
-                t0 = time.perf_counter()
-                samples = model.sample(a.num, seed=0).clamp(0, 1)
-                ms = (time.perf_counter() - t0) / a.num * 1e3
-                grids.append(samples[:16])
-                row = {"data": data, "method": name,
-                       **score(data, samples, train_x, a.data_dir),
-                       "steps": log[-1]["step"], "refreshes": log[-1]["outer"],
-                       "ms_per_sample": ms}
-                if "rematched_frac" in log[-1]:
-                    row["mean_rematched_frac"] = float(np.mean([r["rematched_frac"]
-                                                                for r in log]))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        models = {m: (imle.load_method(a.out / data / m)[0], read_log(a.out / data / m))
+                  for m in METHODS}
+        set_rows, grid = score_set(data, models, a.num, a.data_dir,
+                                   lambda r: print(json.dumps(r), flush=True))
+        rows += set_rows
         # One row per picture line: training images, then each method's samples.
-        save_grid(torch.cat(grids), a.out / f"{data}.png", nrow=16)
+        save_grid(grid, a.out / f"{data}.png", nrow=16)
     keys = ["fid_test", "fid_train100", "precision", "recall", "coverage",
             "memorization_ratio", "steps", "ms_per_sample", "mean_rematched_frac"]
     title = (f"100-shot, {a.num} samples per model, {a.cpu_minutes:g} CPU-minutes per model "

@@ -431,8 +431,7 @@ class VelocityMLP(nn.Module):
 
     The gain matters when the sample has more numbers than the hidden layers: a velocity
     carries a full-rank term in x (near t = 0 it is about E[x1] - x), which a hidden layer of
-    ``width`` < dim units cannot pass through (a 625-number face through 256 units kept most of
-    its starting noise); g(t) * x carries it at any width.
+    ``width`` < dim units cannot pass through; g(t) * x carries it at any width.
     """
 
     def __init__(self, sample_shape: tuple[int, ...], cond_shape: tuple[int, ...] | None = None,

@@ -39,6 +39,7 @@ side.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -138,6 +139,35 @@ COLUMNS = ["data", "method", "fid_test", "fid_train100", "precision", "recall", 
            "memorization_ratio", "steps", "ms_per_sample", "mean_rematched_frac"]
 
 
+def score_set(data: str, models: dict[str, tuple[Any, list[dict]]], num: int,
+              data_dir: str | None, report: Callable[[dict], None]
+              ) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """Rows of one data set: the 100 training images themselves, then each trained method
+    (name -> (method, its log rows)) sampled `num` times (the flow at each of `FLOW_NFE`).
+    Returns (rows, grid images: 16 training images, then 16 samples per row)."""
+    train_x = load_dataset(data, "train", data_dir=data_dir).x
+    grids = [train_x[:16]]
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    rows = [{"data": data, "method": "the 100 training images",
+             **score(data, train_x[order], train_x, data_dir)}]
+    for method, (model, log) in models.items():
+        for name, nfe in rows_of(method):
+            if nfe is not None:
+                model.configure_sampling(nfe=nfe, solver="euler")
+            t0 = time.perf_counter()
+            samples = model.sample(num, seed=0).clamp(0, 1)
+            ms = (time.perf_counter() - t0) / num * 1e3
+            grids.append(samples[:16])
+            row = {"data": data, "method": name, **score(data, samples, train_x, data_dir),
+                   "steps": log[-1]["step"], "refreshes": log[-1]["outer"],
+                   "ms_per_sample": ms}
+            if "rematched_frac" in log[-1]:
+                row["mean_rematched_frac"] = float(np.mean([r["rematched_frac"] for r in log]))
+            rows.append(row)
+            report(row)
+    return rows, torch.cat(grids)
+
+
 def run(ctx: Context) -> dict[str, Any]:
     minutes = ctx.minutes(3.0, 0.2)
     num = ctx.pick(5000, 500)
@@ -145,31 +175,15 @@ def run(ctx: Context) -> dict[str, Any]:
     methods = ctx.pick(list(METHODS), ["vanilla", "rs", "gan+diffaugment", "flow"])
     rows: list[dict[str, Any]] = []
     for data in sets:
-        train_x = load_dataset(data, "train").x
-        grids = [train_x[:16]]
-        order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
-        rows.append({"data": data, "method": "the 100 training images",
-                     **score(data, train_x[order], train_x, None)})
+        models = {}
         for method in methods:
             trainer = train(ctx, budgeted(config(data, method, None), minutes), f"{data}-{method}")
-            model, log = trainer.method, read_log(trainer)
-            for name, nfe in rows_of(method):
-                if nfe is not None:
-                    model.configure_sampling(nfe=nfe, solver="euler")
-                t0 = time.perf_counter()
-                samples = model.sample(num, seed=0).clamp(0, 1)
-                ms = (time.perf_counter() - t0) / num * 1e3
-                grids.append(samples[:16])
-                row = {"data": data, "method": name, **score(data, samples, train_x, None),
-                       "steps": trainer.step, "ms_per_sample": ms}
-                if log and "rematched_frac" in log[-1]:
-                    row["mean_rematched_frac"] = float(np.mean([r["rematched_frac"]
-                                                                for r in log]))
-                rows.append(row)
-                ctx.log(f"  {data} / {name}: test FID {row.get('fid_test', float('nan')):.1f}, "
-                        f"FID to the 100 {row['fid_train100']:.1f}")
-        # One picture line per row: the training images, then each method's samples.
-        save_grid(torch.cat(grids), ctx.out / f"{data}.png", nrow=16)
+            models[method] = (trainer.method, read_log(trainer))
+        set_rows, grid = score_set(data, models, num, None, lambda r: ctx.log(
+            f"  {r['data']} / {r['method']}: test FID {r.get('fid_test', float('nan')):.1f}, "
+            f"FID to the 100 {r['fid_train100']:.1f}"))
+        rows += set_rows
+        save_grid(grid, ctx.out / f"{data}.png", nrow=16)
     write_table(ctx, rows, COLUMNS,
                 {"cpu_minutes": minutes, "samples": num, "sets": sets, "methods": methods,
                  "configs": {f"{d}/{m}": budgeted(config(d, m, None), minutes).to_dict()
