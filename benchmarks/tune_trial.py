@@ -18,7 +18,8 @@ and a GAN trial (``--preset gan``, the baseline of ``imle train --method gan``):
     python benchmarks/tune_trial.py G1 3 optim.lr=5e-4 --preset gan --out bench/tune-gan
 
 Prints one JSON line (name, overrides, steps, outer iterations, FID of 10,000 samples in the
-MNIST classifier's features) and appends it to DIR/results.jsonl.
+MNIST classifier's features, and with ``--metrics fid prdc`` precision, recall, density and
+coverage) and appends it to DIR/results.jsonl.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main() -> None:
     ap.add_argument("--extractor", default="mnist-cnn",
                     help="network whose features FID is measured in (never the one a trial "
                          "matched in: use mnist-avgcnn for trials with the classifier distance)")
+    ap.add_argument("--metrics", nargs="+", default=["fid"], choices=["fid", "prdc"],
+                    help="fid; prdc adds precision, recall, density and coverage")
+    ap.add_argument("--seed", type=int, default=0, help="the run's seed")
     a = ap.parse_args()
     torch.set_num_threads(1)
     over = {}
@@ -58,15 +62,21 @@ def main() -> None:
     budget = {"budget_type": "steps", "budget": a.steps} if a.steps else {
         "budget_type": "cpu_minutes", "budget": a.cpu_minutes}
     cfg = replace(PRESETS[a.preset](), threads=1, progress="none", sample_every_outer=20,
-                  device=a.device, **budget, **{"data.data_dir": a.data_dir}, **over)
+                  device=a.device, seed=a.seed, **budget, **{"data.data_dir": a.data_dir}, **over)
     run = a.out / a.name
     summary = Trainer(cfg, run).train()
     x, _ = sample_from_run(run, 10_000, seed=0, device=a.device)
-    fid = evaluate(x, "mnist", ["fid"], data_dir=a.data_dir, seed=0, floors=False,
-                   extractor=a.extractor)["metrics"]["fid"]
-    row = {"name": a.name, "preset": a.preset, "over": over, "steps": summary["step"],
+    scores = evaluate(x, "mnist", a.metrics, data_dir=a.data_dir, seed=0, floors=False,
+                      extractor=a.extractor)["metrics"]
+    more = {k: round(scores[k], 4) for k in ("precision", "recall", "density", "coverage")
+            if k in scores}
+    saved = json.loads((run / "config.json").read_text())  # with the derived values
+    row = {"name": a.name, "preset": a.preset, "over": over,
+           "lr": saved["optim"]["lr"], "loss": saved["method"].get("loss"),
+           "steps": summary["step"],
            "outer": summary["outer"], "extractor": a.extractor,
-           "device": a.device, "train_s": round(summary["elapsed_s"], 1), "fid": round(fid, 2)}
+           "device": a.device, "train_s": round(summary["elapsed_s"], 1), "seed": a.seed,
+           "fid": round(scores["fid"], 2), **more}
     print(json.dumps(row), flush=True)
     with open(a.out / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")

@@ -69,30 +69,56 @@ def test_low_dimensional_vectors_get_rs_with_a_data_epsilon():
     assert (m.type, m.matcher, m.options) == ("imle", "rs", {"epsilon_knn_frac": 0.02,
                                                               "all_rejected": "match"})
     assert (m.pool_multiplier, m.pool_precision) == (2.0, "fp32")
+    assert m.loss is None  # the matching distance, squared L2
     assert set(notes) == {"model.type", "model.latent_dim", "model.width", "method.matcher",
-                          "method.options", "method.pool_multiplier", "method.pool_precision"}
+                          "method.options", "method.pool_multiplier", "method.pool_precision",
+                          "method.loss"}
     assert all(isinstance(why, str) and why for _, why in notes.values())
 
 
 @pytest.mark.parametrize("shape, cond, expect", [
-    # (type, latent, width, matcher, pool multiplier, pool precision)
-    ((1, 28, 28), None, ("dcgan28", 12, None, "vanilla", 10.0, "auto")),
-    ((3, 32, 32), None, ("dcgan32", 12, None, "vanilla", 10.0, "auto")),
-    ((32,), None, ("mlp", 12, None, "vanilla", 10.0, "fp32")),  # not low-dimensional
-    ((2,), (5,), ("cond-mlp", 12, None, "vanilla", 10.0, "fp32")),  # conditional
-    ((1, 28, 28), (1, 7, 7), ("img2img", 12, None, "vanilla", 10.0, "auto")),
+    # (type, latent, width, matcher, pool multiplier, pool precision, loss)
+    ((1, 28, 28), None, ("dcgan28", 24, None, "vanilla", 10.0, "auto", "l1")),
+    ((3, 32, 32), None, ("dcgan32", 24, None, "vanilla", 10.0, "auto", "l1")),
+    ((32,), None, ("mlp", 12, None, "vanilla", 10.0, "fp32", None)),  # not low-dimensional
+    ((2,), (5,), ("cond-mlp", 12, None, "vanilla", 10.0, "fp32", None)),  # conditional
+    ((1, 28, 28), (1, 7, 7), ("img2img", 12, None, "vanilla", 10.0, "auto", None)),
 ])
 def test_other_data_keep_the_reference_rules(shape, cond, expect):
     config, _ = _derived(shape, cond, **({"data.task": "pairs"} if cond else {}))
     m, model = config.method, config.model
     assert (model.type, model.latent_dim, model.width, m.matcher, m.pool_multiplier,
-            m.pool_precision) == expect
+            m.pool_precision, m.loss) == expect
+
+
+def test_images_get_the_l1_loss_and_its_latent_and_a_given_loss_or_latent_wins():
+    config, notes = _derived((1, 28, 28))
+    assert (config.method.loss, config.model.latent_dim) == ("l1", 24)
+    assert "median" in notes["method.loss"][1]
+    # A loss given by the user stays; the latent follows the loss actually used.
+    config, notes = _derived((1, 28, 28), **{"method.loss": None})
+    assert (config.method.loss, config.model.latent_dim) == (None, 12)
+    assert "method.loss" not in notes
+    config, _ = _derived((1, 28, 28), **{"method.loss": "lp"})
+    assert (config.method.loss, config.model.latent_dim) == ("lp", 24)
+    config, notes = _derived((1, 28, 28), **{"model.latent_dim": 8})
+    assert (config.method.loss, config.model.latent_dim) == ("l1", 8)
+    assert "model.latent_dim" not in notes
+    # A conditional image task given the L1 loss keeps the general latent.
+    config, _ = _derived((1, 28, 28), (1, 7, 7), **{"data.task": "pairs", "method.loss": "l1"})
+    assert config.model.latent_dim == 12
+    # Another matching distance keeps its own loss (an LPIPS match trains on LPIPS).
+    config, _ = _derived((1, 28, 28), **{"method.distance": "projection"})
+    assert (config.method.loss, config.model.latent_dim) == (None, 12)
+    # A loss means nothing to the GAN.
+    config, notes = derive(imle.config.gan_config(), (1, 28, 28))
+    assert config.method.loss is None and "method.loss" not in notes
 
 
 def test_given_values_win_and_resolved_configs_stay_as_they_are():
     given = {"model.type": "mlp", "model.latent_dim": 4, "model.width": 64,
              "method.matcher": "adaptive", "method.pool_multiplier": 5.0,
-             "method.pool_precision": "bf16"}
+             "method.pool_precision": "bf16", "method.loss": "l2"}
     config, notes = _derived((2,), **given)
     assert notes == {}
     assert config == replace(TrainConfig(), **given)
@@ -117,7 +143,7 @@ def test_a_run_records_and_prints_what_it_derived(tmp_path, capsys):
                  "--subset-size", "200", "--progress", "none", "--threads", "1",
                  "--run-dir", str(run)]) == 0
     err = capsys.readouterr().err
-    assert "derived    model.latent_dim 2 (the dimension of 2-dimensional vectors)" in err
+    assert "model.latent_dim 2 (the dimension of 2-dimensional vectors)" in err
     assert "method.options {'epsilon_knn_frac': 0.02, 'all_rejected': 'match'}" in err
     assert re.search(r"RS epsilon \d", err)
     saved = json.loads((run / "config.json").read_text())

@@ -33,7 +33,10 @@ RULES = {
     "imle": [],
     # RS rejection and adaptive selection, whose state must agree across the pool's shards.
     "rs-adaptive": ["--method", "rs", "--method-options",
-                    '{"epsilon_nn_frac": 1.0, "adaptive": true, "staleness": 2}'],
+                    '{"epsilon_nn_frac": 1.0, "adaptive": true, "staleness": 2}',
+                    # epsilon was set for the squared L2 loss's samples; under the L1 loss
+                    # these tiny runs' pools lie wholly within it
+                    "--loss", "l2"],
     "conditional-rs": ["--task", "class", "--model", "cond-mlp", "--search-backend", "auto",
                        "--method", "rs", "--method-options", '{"epsilon_nn_frac": 1.0}'],
 }

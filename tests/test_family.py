@@ -14,7 +14,7 @@ from imle.config import replace
 from imle.distances import DISTANCES, build_distance
 from imle.errors import CheckpointError, ConfigError, DataError
 from imle.lpips import CHANNELS, LPIPS, TAPS
-from imle.matchers import AdaptiveMatcher, nn_distance_scale
+from imle.matchers import AdaptiveMatcher, assign_unique, nn_distance_scale
 from imle.methods import mix_seed
 
 
@@ -137,6 +137,32 @@ def test_adaptive_keeps_latents_of_examples_it_does_not_rematch():
     assert state["latents"].shape == (150, 4) and not bool(state["has"][:100].any())
 
 
+# ------------------------------------------------------------------------- one-to-one matching
+def test_assign_unique_takes_pairs_in_order_of_distance():
+    d = torch.tensor([[0.1, 0.5, 0.9], [0.2, 0.3, 0.4], [0.05, 0.6, 0.7]])
+    i = torch.tensor([[0, 1, 2], [0, 1, 2], [0, 2, 1]])
+    assert assign_unique(d, i).tolist() == [2, 1, 0]
+    # Every candidate taken: the query keeps its nearest (shared) row.
+    assert assign_unique(torch.tensor([[0.1], [0.2]]), torch.tensor([[3], [3]])).tolist() == [3, 3]
+
+
+def test_unique_matching_gives_examples_that_share_a_nearest_sample_distinct_samples():
+    ident = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        ident.weight.copy_(torch.eye(2))
+    data = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.01, 0.0], [3.0, 3.0]])
+    shared = imle.IMLE(ident, 2, pool_multiplier=50).match(data, seed=3)
+    assert shared.indices[0] == shared.indices[1] and shared.stats["shared_frac"] > 0
+    one = imle.IMLE(ident, 2, pool_multiplier=50, options={"unique": 8}).match(data, seed=3)
+    assert one.indices.unique().numel() == 4 and one.stats["shared_frac"] == 0
+    # Same pool: the one-to-one matches are never nearer than the nearest, and the example
+    # taken first keeps its nearest sample.
+    assert bool((one.distances >= shared.distances - 1e-6).all())
+    assert bool((one.distances == shared.distances).any())
+    with pytest.raises(ConfigError, match="unique must be >= 0"):
+        imle.IMLE(ident, 2, options={"unique": -1})
+
+
 # ---------------------------------------------------------------------------------- distances
 @pytest.mark.parametrize("name, options", [
     ("l2", {}), ("l1", {}), ("cosine", {}), ("projection", {"dim": 32}),
@@ -165,6 +191,35 @@ def test_pair_distance_has_gradients_in_the_generated_sample():
     dist.pair(torch.rand(3, 1, 28, 28), y).sum().backward()
     assert y.grad is not None and y.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in dist.net.parameters())
+
+
+def test_lp_loss_known_values_and_its_minimiser_is_the_majority_value():
+    x, y = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    lp = build_distance("lp", {"p": 0.5, "delta": 1e-8})
+    torch.testing.assert_close(lp.pair(x, y), torch.full((2,), 4.0), atol=1e-3, rtol=0)
+    l1 = build_distance("lp", {"p": 1.0, "delta": 1e-6})
+    torch.testing.assert_close(l1.pair(x, 0.3 * y), torch.full((2,), 1.2), atol=1e-4, rtol=0)
+    # One sample pulled toward three targets, two of them 0 and one 1 in every pixel: the
+    # squared loss settles at their mean (a grey, the blur), p = 0.5 at the majority value.
+    targets = torch.tensor([0.0, 0.0, 1.0]).view(3, 1).expand(3, 4)
+    for name, options, want in (("l2", {}, 1 / 3), ("lp", {"p": 0.5}, 0.0)):
+        dist = build_distance(name, options)
+        out = torch.full((1, 4), 0.45, requires_grad=True)
+        opt = torch.optim.Adam([out], lr=0.01)
+        for _ in range(600):
+            opt.zero_grad()
+            dist.pair(targets, out.expand(3, 4)).mean().backward()
+            opt.step()
+        torch.testing.assert_close(out.detach(), torch.full((1, 4), want), atol=0.02, rtol=0)
+
+
+def test_a_loss_only_distance_cannot_be_the_matching_distance():
+    with pytest.raises(ConfigError, match="method.loss='lp'"):
+        imle.IMLE(mlp(4, 4), 4, distance="lp")
+    with pytest.raises(ConfigError, match="0 < p <= 1"):
+        build_distance("lp", {"p": 2.0})
+    method = imle.IMLE(mlp(4, 4), 4, distance="l1", loss="lp", loss_options={"p": 0.5})
+    assert method.loss_distance.name == "lp" and method.distance.metric == "l1"
 
 
 def test_distance_features_are_computed_once_per_pool():

@@ -172,7 +172,10 @@ class MethodConfig(_Typed):
             `imle.distances`.
         distance_options: that distance's options, e.g. {"network": "mnist-cnn"} or the LPIPS
             weight paths {"backbone": PATH, "linear": PATH}.
-        loss: distance whose pair distance is the training loss; None: the matching distance.
+        loss: distance whose pair distance is the training loss: one of the above, or "lp"
+            (a loss only, smoothed |x - y|^p with p <= 1); None: the matching distance;
+            "auto": derived from the data (`imle.defaults`: an L1-type loss for unconditional
+            images matched in "l2", the matching distance otherwise).
         loss_options: its options.
         subset_size: |S|, examples matched per outer iteration; None means the whole data set
             (the reference code). A random subset is drawn each outer iteration otherwise.
@@ -205,7 +208,7 @@ class MethodConfig(_Typed):
     options: dict = field(default_factory=dict)
     distance: str = "l2"
     distance_options: dict = field(default_factory=dict)
-    loss: str | None = None
+    loss: str | None = "auto"
     loss_options: dict = field(default_factory=dict)
     subset_size: int | None = 2000
     pool_multiplier: float = 0.0
@@ -354,7 +357,7 @@ class TrainConfig(_Typed):
         method_class(m.type).validate_config(self)
         for key, name, opts in (("distance", m.distance, m.distance_options),
                                 ("loss", m.loss, m.loss_options)):
-            if name is None and key == "loss":
+            if key == "loss" and name in (None, "auto"):
                 continue
             need(name in DISTANCES,
                  f"method.{key}={name!r} is unknown; choose one of {sorted(DISTANCES)}")
@@ -523,14 +526,15 @@ def replace(config: TrainConfig, **updates: Any) -> TrainConfig:
 def paper_config() -> TrainConfig:
     """The authors' reference setup (Li & Malik 2018 code) on MNIST with the paper-style MLP.
 
-    S = the whole training set, m = 10 |S|, pool refreshed every 5 epochs over S, Adam (1e-3,
-    betas 0.5/0.999), batch 64, latent dim 64, latent noise 0.01, constant learning rate, no EMA,
-    fp32 pool.
+    S = the whole training set, m = 10 |S|, the squared L2 loss, pool refreshed every 5 epochs
+    over S, Adam (1e-3, betas 0.5/0.999), batch 64, latent dim 64, latent noise 0.01, constant
+    learning rate, no EMA, fp32 pool.
     """
     return TrainConfig(
         model=ModelConfig(type="mlp", latent_dim=64, width=1024),
         method=MethodConfig(subset_size=None, pool_multiplier=10.0, refresh_epochs=5.0,
-                            latent_noise=0.01, pool_precision="fp32", recall_sample=0),
+                            latent_noise=0.01, loss=None, pool_precision="fp32",
+                            recall_sample=0),
         optim=OptimConfig(type="adam", lr=1e-3, beta1=0.5, beta2=0.999, batch_size=64,
                           lr_schedule="constant", ema_decay=0.0),
     )

@@ -6,8 +6,11 @@ choice comes with its reason, which ``imle train`` prints. A flag that sets the 
 
 The rules:
 
-* ``model.type = "auto"``: the generator that fits the shape and task (`imle.nets.auto_generator`).
-* ``model.latent_dim = 0``: 12; for an unconditional run on vectors of fewer than 12
+* ``model.type = "auto"``: the generator that fits the shape and task
+  (`imle.nets.auto_generator`).
+* ``model.latent_dim = 0``: 12. 24 for unconditional IMLE with an "l1" or "lp" loss on
+  images (with the median loss a 24-dimensional latent did better than 12 or 48,
+  docs/results/imle-tuning-2026-12-06). For an unconditional run on vectors of fewer than 12
   dimensions, the data's dimension (a latent as wide as the data lets IMLE's matches cover
   every region of it; on 2-D mixtures a 2-D latent covered all modes where a 4-D one did not,
   docs/results/toy-defaults-2026-12-05).
@@ -18,6 +21,10 @@ The rules:
   from the data (``epsilon_knn_frac`` 0.02: the radius of a neighbourhood holding 2 % of S, about
   the spread of a mixture's components; a refresh that would reject the whole pool matches
   without rejection instead of stopping); everything else the vanilla rule.
+* ``method.loss = "auto"``: for IMLE on unconditional images matched in "l2", `IMAGE_LOSS`
+  (the squared L2 loss pulls a sample toward the mean of the examples it is matched to over
+  refreshes, a blur; an L1-type loss toward their per-pixel median, docs/results/
+  imle-tuning-2026-12-06); otherwise None, the matching distance.
 * ``method.pool_multiplier = 0``: 2 for low-dimensional vectors, 10 otherwise (the reference).
 * ``method.pool_precision = "auto"``: fp32 for samples of at most 64 numbers (bf16's 8-bit
   mantissa is coarse next to tight clusters, and bf16 saves little there); otherwise bf16 where
@@ -40,6 +47,26 @@ SMALL_SAMPLE = 64
 #: RS-IMLE's epsilon rule for low-dimensional vectors.
 LOW_DIM_RS_OPTIONS = {"epsilon_knn_frac": 0.02, "all_rejected": "match"}
 DEFAULT_LATENT = 12
+#: (loss, loss_options) of IMLE on unconditional images matched in "l2".
+IMAGE_LOSS: tuple[str, dict[str, Any]] = ("l1", {})
+#: Adam's rate for IMLE with an L1-type loss on images, and for everything else.
+IMAGE_L1_LR = 1.6e-2
+#: The latent size of IMLE with an L1-type loss on images.
+IMAGE_L1_LATENT = 24
+BASE_LR = 4e-3
+
+
+def _loss(config: TrainConfig, updates: dict[str, Any]) -> str:
+    """The training loss a config ends up with (its own, or the one chosen in ``updates``)."""
+    loss = updates.get("method.loss", config.method.loss)
+    return config.method.distance if loss is None else str(loss)
+
+
+def image_l1(config: TrainConfig, updates: dict[str, Any], sample_shape: tuple[int, ...],
+             cond_shape: tuple[int, ...] | None) -> bool:
+    """Whether the run is unconditional IMLE on images with an L1-type loss ("l1" or "lp")."""
+    return (config.method.type == "imle" and len(sample_shape) == 3 and cond_shape is None
+            and _loss(config, updates) in ("l1", "lp"))
 
 
 def derive(config: TrainConfig, sample_shape: tuple[int, ...],
@@ -80,9 +107,24 @@ def derive(config: TrainConfig, sample_shape: tuple[int, ...],
     if kind == "auto" and not custom_generator:
         kind, reason = auto_generator(tuple(sample_shape), cond_shape)
         choose("model.type", kind, reason)
+    if m.loss == "auto":
+        image = len(sample_shape) == 3 and cond_shape is None
+        if m.type == "imle" and image and m.distance == "l2" and not m.loss_options:
+            loss, options = IMAGE_LOSS
+            choose("method.loss", loss, f"{what} matched in l2: the per-pixel median of the "
+                                        f"matched examples, not their blurred mean")
+            if options:
+                choose("method.loss_options", dict(options), f"the {loss} loss's setting")
+        elif m.type == "imle":
+            choose("method.loss", None, "the matching distance")
+        else:
+            updates["method.loss"] = None  # not used by this method
     if model.latent_dim == 0:
         if vector and cond_shape is None and dims < DEFAULT_LATENT:
             choose("model.latent_dim", dims, f"the dimension of {what}")
+        elif image_l1(config, updates, sample_shape, cond_shape):
+            choose("model.latent_dim", IMAGE_L1_LATENT, f"the {_loss(config, updates)} loss "
+                                                        f"on images")
         else:
             choose("model.latent_dim", DEFAULT_LATENT, "the default")
     if model.width is None and kind == "mlp" and low and not custom_generator:

@@ -77,12 +77,15 @@ class Distance:
     Attributes:
         metric: the `imle.knn` metric between features ("l2" squared, "l1" or "cosine").
         exact: whether ``pair`` equals the metric between ``features`` exactly.
+        loss_only: whether it serves only as ``method.loss`` (no search metric).
     """
 
     name: ClassVar[str] = "base"
     OPTIONS: ClassVar[dict[str, Any]] = {}
     metric: ClassVar[str] = "l2"
     exact: ClassVar[bool] = True
+    #: A training loss only: no search metric, so it cannot be the matching distance.
+    loss_only: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = check_options(f"distance {self.name!r}", self.OPTIONS, options)
@@ -175,6 +178,41 @@ class L1Distance(_PixelDistance):
 
     def pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (y.float() - x.float()).abs().flatten(1).sum(1)
+
+
+@register_distance("lp")
+class LpDistance(_PixelDistance):
+    """Sum over dims of a smoothed |x - y|^p, p in (0, 1] (not squared): a training loss only.
+
+    Why: the L2 loss pulls a latent toward the mean of the examples it is matched to over
+    refreshes, a blur; L1 pulls toward their per-pixel median, and p < 1 further toward their
+    most common value, so strokes stay sharp. Each term is (d^2 + delta^2)^(p/2) - delta^p,
+    which is |d|^p up to delta and has a finite gradient at d = 0. There is no search metric for
+    p < 1, so matching uses another distance (``method.distance`` "l1" or "l2").
+
+    Options:
+        p: the exponent, 0 < p <= 1.
+        delta: smoothing scale in the samples' units.
+    """
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"p": 0.5, "delta": 0.01}
+    metric = "none"
+    loss_only: ClassVar[bool] = True
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if not 0 < self.options["p"] <= 1 or self.options["delta"] <= 0:
+            raise ConfigError(f"distance 'lp' needs 0 < p <= 1 and delta > 0; got "
+                              f"p={self.options['p']}, delta={self.options['delta']}")
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        raise ConfigError("distance 'lp' is a training loss only (method.loss); match with "
+                          "method.distance 'l1' or 'l2'")
+
+    def pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        p, delta = self.options["p"], self.options["delta"]
+        d2 = (y.float() - x.float()).pow(2).flatten(1)
+        return ((d2 + delta * delta).pow(p / 2) - delta ** p).sum(1)
 
 
 @register_distance("cosine")

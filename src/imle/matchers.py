@@ -44,6 +44,37 @@ ALIASES = {"imle": "vanilla"}
 SearchFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def assign_unique(distances: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Greedy one-to-one assignment of queries to pool rows from each query's k nearest.
+
+    Pairs are taken in order of distance; a pair is kept when neither its query nor its row is
+    taken yet. A query whose k candidates are all taken keeps its nearest row (shared).
+
+    Args:
+        distances: (n, k) distances of each query's k nearest rows, nearest first.
+        indices: (n, k) int64 those rows.
+
+    Returns:
+        (n,) int64 chosen row per query.
+    """
+    n, k = indices.shape
+    order = torch.argsort(distances.float().flatten(), stable=True).tolist()
+    flat = indices.flatten().tolist()
+    chosen = indices[:, 0].clone()
+    done: set[int] = set()
+    taken: set[int] = set()
+    for pos in order:
+        q, row = divmod(pos, k)[0], flat[pos]
+        if q in done or row in taken:
+            continue
+        chosen[q] = row
+        done.add(q)
+        taken.add(row)
+        if len(done) == n:
+            break
+    return chosen
+
+
 def canonical_matcher(name: str) -> str:
     """A rule's registered name (``"imle"``, the former name of the vanilla rule, maps to
     ``"vanilla"``)."""
@@ -63,13 +94,17 @@ class Matcher:
     """
 
     name: ClassVar[str] = "vanilla"
-    OPTIONS: ClassVar[dict[str, Any]] = {}
+    #: ``unique``: k > 0 matches one-to-one (`assign_unique` over each example's k nearest
+    #: samples) so no sample is pulled toward several examples in one refresh; 0: nearest.
+    OPTIONS: ClassVar[dict[str, Any]] = {"unique": 0}
     needs_current: ClassVar[bool] = False
     #: The model is trained at z = 0 only, so samples are drawn at z = 0 too (regression).
     samples_at_zero: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = check_options(f"method {self.name!r}", self.OPTIONS, options)
+        if self.options.get("unique", 0) < 0:
+            raise ConfigError(f"method {self.name!r}: unique must be >= 0 (0: off)")
         self.latents = torch.empty(0, 0)
         self.has = torch.empty(0, dtype=torch.bool)
         self.matched_dist = torch.empty(0)
@@ -220,7 +255,7 @@ class AdaptiveSelection:
 class AdaptiveMatcher(Matcher):
     """Adaptive IMLE: re-match example i only once its sample is closer than its threshold."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = dict(AdaptiveSelection.DEFAULTS)
+    OPTIONS: ClassVar[dict[str, Any]] = {**Matcher.OPTIONS, **AdaptiveSelection.DEFAULTS}
     needs_current: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
@@ -306,7 +341,7 @@ class RSMatcher(Matcher):
     OPTIONS: ClassVar[dict[str, Any]] = {"epsilon": 0.0, "epsilon_nn_frac": None,
                                          "epsilon_knn_frac": None, "all_rejected": "error",
                                          "reject_against": "subset", "adaptive": False,
-                                         **AdaptiveSelection.DEFAULTS}
+                                         **Matcher.OPTIONS, **AdaptiveSelection.DEFAULTS}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -20,7 +20,7 @@ from imle.distances import Distance, build_distance
 from imle.errors import ConfigError, ShapeError
 from imle.knn import Searcher
 from imle.knn import search as knn_search
-from imle.matchers import MATCHERS, Matcher, build_matcher
+from imle.matchers import MATCHERS, Matcher, assign_unique, build_matcher
 from imle.methods.base import (
     Batch,
     Method,
@@ -138,6 +138,10 @@ class IMLE(Method):
             raise ConfigError(f"latent_noise_at={latent_noise_at!r}; choose 'step' or 'refresh'")
         self.matcher = build_matcher(matcher if type is None else type, options)
         self.distance = build_distance(distance, distance_options)
+        if self.distance.loss_only:
+            raise ConfigError(f"distance {self.distance.name!r} is a training loss only: set "
+                              f"method.loss={self.distance.name!r} and match with "
+                              f"method.distance 'l1' or 'l2'")
         self.loss_distance = (self.distance if loss is None and not loss_options
                               else build_distance(loss or self.distance.name, loss_options))
         self.pool_multiplier = pool_multiplier
@@ -371,11 +375,19 @@ class IMLE(Method):
             candidates = None if keep is None else keep.nonzero().flatten()
             searched = pool_f if candidates is None else pool_f[candidates]
             result_stats: dict[str, Any] = {}
+            unique = min(int(rule.options.get("unique", 0)), searched.shape[0])
+            if unique and dist.active():
+                raise ConfigError("method.options unique (one-to-one matching) runs in one "
+                                  "process; drop it or train without torchrun")
             if searched.shape[0]:
-                result = self.searcher.search(query_f, searched, k=1,
+                result = self.searcher.search(query_f, searched, k=max(1, unique),
                                               estimate_recall=estimate_recall, total_pool=m)
                 result_stats = result.stats
                 best, idx = result.distances[:, 0].float(), result.indices[:, 0]
+                if unique > 1:
+                    idx = assign_unique(result.distances, result.indices)
+                    pick = (result.indices == idx[:, None]).float().argmax(1)
+                    best = result.distances.gather(1, pick[:, None])[:, 0].float()
                 if candidates is not None:
                     idx = candidates[idx]
                 found = pool.latents[idx]
@@ -384,6 +396,8 @@ class IMLE(Method):
                 idx = torch.zeros(sel.numel(), dtype=torch.long, device=self.device)
                 found = torch.zeros(sel.numel(), self.latent_dim, device=self.device)
             best, idx, found = dist.global_nearest(best, idx + lo, found)
+            # Examples whose sample another example of this refresh also pulls on.
+            stats["shared_frac"] = 1.0 - idx.unique().numel() / max(1, idx.numel())
             new_latents = found.cpu()
             fallback = None
             if rule.needs_current:

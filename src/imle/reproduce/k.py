@@ -73,7 +73,7 @@ def run(ctx: Context) -> dict[str, Any]:
     rows = []
     for k in ks:
         config = replace(TrainConfig(), **{"budget_type": "cpu_minutes", "budget": minutes,
-                                           "device": ctx.device})
+                                           "device": ctx.device, "method.loss": None})
         method, steps = train_k(config, x.to(ctx.device), k)
         ctx.log(f"  trained k={k}: {steps} steps")
         s = method.sample(n_samples, seed=17)
