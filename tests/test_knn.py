@@ -451,3 +451,43 @@ def test_pruning_error_bounds_hold() -> None:
     score_ex = 2 * aq.double() @ aug.double().T - (aug.double() ** 2).sum(1)
     err = PR._score_error(aq, hq, float(hp.max().sqrt()), float(hp.max())).double()
     assert bool(((score - score_ex).abs() <= err[:, None]).all())
+
+
+# ------------------------------------------------------------- a tight pool far from the queries
+def test_tighter_center_picks_the_mean_of_the_tight_side():
+    g = torch.Generator().manual_seed(0)
+    spread = torch.rand(300, 64, generator=g)
+    tight = 3.0 + 1e-4 * torch.randn(2000, 64, generator=g)
+    torch.testing.assert_close(K.tighter_center(spread, tight, p_block=512), tight.mean(0),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(K.tighter_center(tight, spread, p_block=512), tight.mean(0),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_near_constant_pool_is_searched_exactly_and_mostly_certified(precision):
+    # A generator's first pools can be nearly constant and far from the data: every distance
+    # from a query then lies within the error bound of a scan centred on the queries. Centred on
+    # the pool's mean the re-scan certifies them, and the answer stays the nearest row (up to
+    # fp32 ties, which go to the lowest index).
+    g = torch.Generator().manual_seed(1)
+    queries = torch.rand(64, 256, generator=g)
+    pool = 2.0 + 1e-4 * torch.randn(8_000, 256, generator=g)
+    d64 = torch.cdist(queries.double(), pool.double()).square()
+    best = d64.min(1).values
+
+    def nearest(idx: torch.Tensor) -> bool:
+        return bool((d64.gather(1, idx[:, :1]).flatten() <= best + 1e-5 * best).all())
+
+    stats: dict = {}
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    _, i = K.certified_scan(queries, pool, 1, 4, dtype, queries.mean(0), 64, 4096, stats)
+    assert nearest(i)
+    assert stats["uncertified"] > 48  # the queries' centre certifies few of them
+    recentred: dict = {}
+    _, i = K.certified_scan(queries, pool, 1, 16, torch.float32,
+                            K.tighter_center(queries, pool), 64, 4096, recentred,
+                            recentred=True)
+    assert nearest(i) and recentred["uncertified"] < 8  # the pool's centre certifies most
+    found = Searcher(metric="l2", backend="exact", precision=precision).search(queries, pool)
+    assert nearest(found.indices)

@@ -153,8 +153,9 @@ class CertifiedScan:
     `dot_error_coeff`), keeping the c smallest per query. The kept candidates are re-ranked
     exactly in fp32. A query is certified when the c-th kept lower bound exceeds its k-th exact
     distance: then no dropped row can be closer (nor tie with a lower index). Uncertified queries
-    are re-scanned in bf16 with 8x more candidates (while c < 128), then in fp32 and, if still
-    uncertified, by direct differences, so the answer is exact.
+    are re-scanned in bf16 with 8x more candidates (while c < 128), then once in fp32 centred
+    at `tighter_center` and, if still uncertified, by direct differences, so the answer is
+    exact.
 
     The pool is fed chunk by chunk (`update`), so one pass over the pool can serve several
     consumers (e.g. the projected backend's projection pass and the recall estimator).
@@ -169,10 +170,11 @@ class CertifiedScan:
     """
 
     def __init__(self, queries: torch.Tensor, k: int, c: int, dtype: torch.dtype,
-                 center: torch.Tensor | None, q_block: int) -> None:
+                 center: torch.Tensor | None, q_block: int, recentred: bool = False) -> None:
         n, d = queries.shape
         dev = queries.device
         self.queries, self.k, self.c = queries, k, max(k, c)
+        self.recentred = recentred
         self.dtype, self.q_block = dtype, q_block
         self.mu = center.float() if center is not None else torch.zeros(d, device=dev)
         qc = queries.float() - self.mu
@@ -228,9 +230,13 @@ class CertifiedScan:
                 # 8x more candidates (much cheaper than fp32), recursively.
                 sd, si = certified_scan(sub_q, pool, k, max(8 * c, 64), self.dtype, self.mu,
                                         self.q_block, p_block)
-            elif self.dtype != torch.float32:
-                sd, si = certified_scan(sub_q, pool, k, max(2 * c, 16), torch.float32, self.mu,
-                                        self.q_block, p_block)
+            elif not self.recentred:
+                # An fp32 re-scan centred where the error bound is smallest: on the pool's
+                # mean when the pool is tight (a generator's near-constant early pool), where
+                # the queries' centre leaves hundreds of rows inside the bound.
+                sd, si = certified_scan(sub_q, pool, k, max(2 * c, 16), torch.float32,
+                                        tighter_center(sub_q, pool, p_block), self.q_block,
+                                        p_block, recentred=True)
             else:
                 sd, si = direct_l2(sub_q, pool, k, p_block=max(256, p_block // 4))
             dist[bad], idx[bad] = sd, si
@@ -254,9 +260,40 @@ def iter_centered_chunks(pool: torch.Tensor, mu: torch.Tensor, p_block: int,
         yield s, plow, npc
 
 
+def tighter_center(queries: torch.Tensor, pool: torch.Tensor, p_block: int = 4096
+                   ) -> torch.Tensor:
+    """The centring vector, the queries' mean or the pool's, that predicts the smaller error
+    bound of a scan: the bound scales with ||x - mu|| ||y - mu||, whose squares average to
+    s_q (s_p + D) centred on the queries and s_p (s_q + D) centred on the pool, with s_q, s_p the
+    mean squared spreads about each mean and D their squared distance.
+
+    Args:
+        queries: (n, d) float tensor.
+        pool: (m, d) float tensor (read in blocks of ``p_block`` rows, accumulated in fp64).
+
+    Returns:
+        (d,) fp32 centre.
+    """
+    q = queries.double()
+    qm = q.mean(0)
+    s_q = float((q - qm).square().sum(1).mean())
+    total = torch.zeros_like(qm)
+    total_sq = torch.zeros((), dtype=torch.float64, device=qm.device)
+    m = pool.shape[0]
+    for s in range(0, m, p_block):
+        block = pool[s:s + p_block].double()
+        total += block.sum(0)
+        total_sq += block.square().sum()
+    pm = total / m
+    s_p = max(0.0, float(total_sq / m - pm.square().sum()))
+    gap = float((qm - pm).square().sum())
+    return (pm if s_p * (s_q + gap) < s_q * (s_p + gap) else qm).float()
+
+
 def certified_scan(queries: torch.Tensor, pool: torch.Tensor, k: int, c: int,
                    dtype: torch.dtype, center: torch.Tensor | None, q_block: int, p_block: int,
-                   stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   stats: dict | None = None, recentred: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k-NN in one call; see `CertifiedScan`.
 
     Args:
@@ -269,12 +306,14 @@ def certified_scan(queries: torch.Tensor, pool: torch.Tensor, k: int, c: int,
         q_block: queries per block.
         p_block: pool rows per chunk.
         stats: optional dict receiving "uncertified".
+        recentred: whether this is already the fp32 re-scan at `tighter_center` (the next
+            fallback is then direct differences).
 
     Returns:
         (n, k) float32 squared distances and (n, k) int64 indices, ties by lowest index.
     """
     c = max(k, min(c, pool.shape[0]))
-    scan = CertifiedScan(queries, k, c, dtype, center, q_block)
+    scan = CertifiedScan(queries, k, c, dtype, center, q_block, recentred)
     for s, plow, npc in iter_centered_chunks(pool, scan.mu, p_block, dtype):
         scan.update(s, plow, npc)
     return scan.finish(pool, p_block, stats)
