@@ -17,9 +17,10 @@ and a GAN trial (``--preset gan``, the baseline of ``imle train --method gan``):
 
     python benchmarks/tune_trial.py G1 3 optim.lr=5e-4 --preset gan --out bench/tune-gan
 
-Prints one JSON line (name, overrides, steps, outer iterations, FID of 10,000 samples in the
-MNIST classifier's features, and with ``--metrics fid prdc`` precision, recall, density and
-coverage) and appends it to DIR/results.jsonl.
+Prints one JSON line (name, overrides, steps, outer iterations, FID of 10,000 samples against
+the training set of ``data.name`` (MNIST unless overridden, e.g. ``data.name='"fashion-mnist"'``
+with ``--extractor fashion-mnist-cnn``) in ``--extractor``'s features, and with ``--metrics fid
+prdc`` precision, recall, density and coverage) and appends it to DIR/results.jsonl.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def main() -> None:
     run = a.out / a.name
     summary = Trainer(cfg, run).train()
     x, _ = sample_from_run(run, 10_000, seed=0, device=a.device)
-    scores = evaluate(x, "mnist", a.metrics, data_dir=a.data_dir, seed=0, floors=False,
+    scores = evaluate(x, cfg.data.name, a.metrics, data_dir=a.data_dir, seed=0, floors=False,
                       extractor=a.extractor)["metrics"]
     more = {k: round(scores[k], 4) for k in ("precision", "recall", "density", "coverage")
             if k in scores}

@@ -79,7 +79,7 @@ def test_low_dimensional_vectors_get_rs_with_a_data_epsilon():
 @pytest.mark.parametrize("shape, cond, expect", [
     # (type, latent, width, matcher, pool multiplier, pool precision, loss)
     ((1, 28, 28), None, ("dcgan28", 24, None, "vanilla", 10.0, "auto", "l1")),
-    ((3, 32, 32), None, ("dcgan32", 24, None, "vanilla", 10.0, "auto", "l1")),
+    ((3, 32, 32), None, ("dcgan32", 12, None, "vanilla", 10.0, "auto", None)),  # colour
     ((32,), None, ("mlp", 12, None, "vanilla", 10.0, "fp32", None)),  # not low-dimensional
     ((2,), (5,), ("cond-mlp", 12, None, "vanilla", 10.0, "fp32", None)),  # conditional
     ((1, 28, 28), (1, 7, 7), ("img2img", 12, None, "vanilla", 10.0, "auto", None)),

@@ -174,8 +174,8 @@ class MethodConfig(_Typed):
             weight paths {"backbone": PATH, "linear": PATH}.
         loss: distance whose pair distance is the training loss: one of the above, or "lp"
             (a loss only, smoothed |x - y|^p with p <= 1); None: the matching distance;
-            "auto": derived from the data (`imle.defaults`: an L1-type loss for unconditional
-            images matched in "l2", the matching distance otherwise).
+            "auto": derived from the data (`imle.defaults`: "l1" for unconditional
+            single-channel images matched in "l2", the matching distance otherwise).
         loss_options: its options.
         subset_size: |S|, examples matched per outer iteration; None means the whole data set
             (the reference code). A random subset is drawn each outer iteration otherwise.

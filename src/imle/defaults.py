@@ -21,10 +21,11 @@ The rules:
   from the data (``epsilon_knn_frac`` 0.02: the radius of a neighbourhood holding 2 % of S, about
   the spread of a mixture's components; a refresh that would reject the whole pool matches
   without rejection instead of stopping); everything else the vanilla rule.
-* ``method.loss = "auto"``: for IMLE on unconditional images matched in "l2", `IMAGE_LOSS`
-  (the squared L2 loss pulls a sample toward the mean of the examples it is matched to over
-  refreshes, a blur; an L1-type loss toward their per-pixel median, docs/results/
-  imle-tuning-2026-12-06); otherwise None, the matching distance.
+* ``method.loss = "auto"``: for IMLE on unconditional single-channel images matched in "l2",
+  `IMAGE_LOSS` (the squared L2 loss pulls a sample toward the mean of the examples it is
+  matched to over refreshes, a blur; an L1-type loss toward their per-pixel median,
+  docs/results/imle-tuning-2026-12-06); otherwise None, the matching distance (colour images
+  keep the squared L2 loss until the L1 loss is measured on them).
 * ``method.pool_multiplier = 0``: 2 for low-dimensional vectors, 10 otherwise (the reference).
 * ``method.pool_precision = "auto"``: fp32 for samples of at most 64 numbers (bf16's 8-bit
   mantissa is coarse next to tight clusters, and bf16 saves little there); otherwise bf16 where
@@ -47,7 +48,7 @@ SMALL_SAMPLE = 64
 #: RS-IMLE's epsilon rule for low-dimensional vectors.
 LOW_DIM_RS_OPTIONS = {"epsilon_knn_frac": 0.02, "all_rejected": "match"}
 DEFAULT_LATENT = 12
-#: (loss, loss_options) of IMLE on unconditional images matched in "l2".
+#: (loss, loss_options) of IMLE on unconditional single-channel images matched in "l2".
 IMAGE_LOSS: tuple[str, dict[str, Any]] = ("l1", {})
 #: Adam's rate for IMLE with an L1-type loss on images, and for everything else.
 IMAGE_L1_LR = 1.6e-2
@@ -108,8 +109,9 @@ def derive(config: TrainConfig, sample_shape: tuple[int, ...],
         kind, reason = auto_generator(tuple(sample_shape), cond_shape)
         choose("model.type", kind, reason)
     if m.loss == "auto":
-        image = len(sample_shape) == 3 and cond_shape is None
-        if m.type == "imle" and image and m.distance == "l2" and not m.loss_options:
+        # Measured on single-channel images (MNIST, Fashion-MNIST); colour images keep L2.
+        gray = len(sample_shape) == 3 and sample_shape[0] == 1 and cond_shape is None
+        if m.type == "imle" and gray and m.distance == "l2" and not m.loss_options:
             loss, options = IMAGE_LOSS
             choose("method.loss", loss, f"{what} matched in l2: the per-pixel median of the "
                                         f"matched examples, not their blurred mean")

@@ -26,7 +26,8 @@ def run(ctx: Context) -> dict[str, Any]:
     limit = {"data.limit": 10_000}
     strong = {"d_steps": 5}
     setups = {
-        "IMLE": imle_images("mnist", minutes, **limit),
+        # The squared L2 loss this table was measured with (the image default is now L1).
+        "IMLE": imle_images("mnist", minutes, **limit, **{"method.loss": None}),
         "GAN": gan_images("mnist", minutes, **limit),
         "GAN, D over-trained": gan_images("mnist", minutes, **limit,
                                           **{"method.options": strong}),
