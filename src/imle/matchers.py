@@ -55,24 +55,25 @@ def assign_unique(distances: torch.Tensor, indices: torch.Tensor) -> torch.Tenso
         indices: (n, k) int64 those rows.
 
     Returns:
-        (n,) int64 chosen row per query.
+        (n,) int64 position in 0..k-1 of each query's chosen candidate (gather ``indices`` and
+        ``distances`` with it).
     """
     n, k = indices.shape
     order = torch.argsort(distances.float().flatten(), stable=True).tolist()
     flat = indices.flatten().tolist()
-    chosen = indices[:, 0].clone()
+    chosen = torch.zeros(n, dtype=torch.long)
     done: set[int] = set()
     taken: set[int] = set()
     for pos in order:
-        q, row = divmod(pos, k)[0], flat[pos]
+        q, row = pos // k, flat[pos]
         if q in done or row in taken:
             continue
-        chosen[q] = row
+        chosen[q] = pos % k
         done.add(q)
         taken.add(row)
         if len(done) == n:
             break
-    return chosen
+    return chosen.to(indices.device)
 
 
 def canonical_matcher(name: str) -> str:

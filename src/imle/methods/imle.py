@@ -385,9 +385,9 @@ class IMLE(Method):
                 result_stats = result.stats
                 best, idx = result.distances[:, 0].float(), result.indices[:, 0]
                 if unique > 1:
-                    idx = assign_unique(result.distances, result.indices)
-                    pick = (result.indices == idx[:, None]).float().argmax(1)
-                    best = result.distances.gather(1, pick[:, None])[:, 0].float()
+                    pick = assign_unique(result.distances, result.indices)[:, None]
+                    best = result.distances.gather(1, pick)[:, 0].float()
+                    idx = result.indices.gather(1, pick)[:, 0]
                 if candidates is not None:
                     idx = candidates[idx]
                 found = pool.latents[idx]
