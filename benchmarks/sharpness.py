@@ -27,7 +27,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from tune_round import trial_command
 
 #: name -> tune_trial.py arguments after the budget.
 MODELS = {
@@ -48,9 +48,8 @@ def run_all(budgets: list[float], seeds: list[int], seeds_up_to: float, out: Pat
 
     def run(job: tuple) -> int:
         name, tag, minutes, seed, args = job
-        cmd = [sys.executable, str(HERE / "tune_trial.py"), tag, str(minutes), *args,
-               "--seed", str(seed), "--extractor", EXTRACTOR, "--metrics", "fid", "prdc",
-               "--out", str(work)]
+        cmd = trial_command(tag, minutes, [*args, "--seed", str(seed), "--extractor", EXTRACTOR,
+                                           "--metrics", "fid", "prdc"], work)
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

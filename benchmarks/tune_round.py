@@ -24,6 +24,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def trial_command(name: str, cpu_minutes: float, args: list[str], out: Path) -> list[str]:
+    """The command line of one `tune_trial.py` trial (``args``: overrides and options)."""
+    return [sys.executable, str(HERE / "tune_trial.py"), name, str(cpu_minutes), *args,
+            "--out", str(out)]
+
+
 def main() -> None:
     argv = sys.argv[1:]
     extra: list[str] = []
@@ -45,8 +51,7 @@ def main() -> None:
             trials.append(words)
 
     def run(words: list[str]) -> int:
-        cmd = [sys.executable, str(HERE / "tune_trial.py"), words[0], str(a.cpu_minutes),
-               *words[1:], "--out", str(a.out), *extra]
+        cmd = trial_command(words[0], a.cpu_minutes, [*words[1:], *extra], a.out)
         t0 = time.time()
         with open(a.out / f"{words[0]}.log", "w") as log:
             rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)

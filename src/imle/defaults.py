@@ -50,11 +50,8 @@ LOW_DIM_RS_OPTIONS = {"epsilon_knn_frac": 0.02, "all_rejected": "match"}
 DEFAULT_LATENT = 12
 #: (loss, loss_options) of IMLE on unconditional single-channel images matched in "l2".
 IMAGE_LOSS: tuple[str, dict[str, Any]] = ("l1", {})
-#: Adam's rate for IMLE with an L1-type loss on images, and for everything else.
-IMAGE_L1_LR = 1.6e-2
 #: The latent size of IMLE with an L1-type loss on images.
 IMAGE_L1_LATENT = 24
-BASE_LR = 4e-3
 
 
 def _loss(config: TrainConfig, updates: dict[str, Any]) -> str:
