@@ -9,6 +9,8 @@ coverage. No model here was trained or tuned in that network: the GAN and IMLE w
 
     python benchmarks/sharpness.py --budgets 1 3 10 20 --seeds 0 1 --seeds-up-to 3 \
         --out docs/results/sharpness-2026-12-06 --work bench/sharpness-runs
+    python benchmarks/sharpness.py --budgets 30 --models gan,default --parallel 2 \
+        --out docs/results/sharpness-2026-12-06 --work bench/sharpness-runs
 
 Writes OUT/results.jsonl (one line per run, appended), OUT/table.md and OUT/curves.png
 (FID, recall and coverage against CPU-minutes, mean over seeds). With ``--summarize`` it only
@@ -35,15 +37,20 @@ MODELS = {
     "IMLE, squared L2 loss (earlier default)": ["method.loss=null"],
     "IMLE default": [],
 }
+#: ``--models`` names.
+SHORT = {"gan": "GAN preset", "l2": "IMLE, squared L2 loss (earlier default)",
+         "default": "IMLE default"}
 EXTRACTOR = "mnist-avgcnn"
 
 
 def run_all(budgets: list[float], seeds: list[int], seeds_up_to: float, out: Path,
-            work: Path, parallel: int) -> None:
+            work: Path, parallel: int, models: list[str]) -> None:
     jobs = []
     for minutes in budgets:
         for seed in (seeds if minutes <= seeds_up_to else seeds[:1]):
             for i, (name, args) in enumerate(MODELS.items()):
+                if name not in models:
+                    continue
                 jobs.append((name, f"m{i}-b{minutes:g}-s{seed}", minutes, seed, args))
 
     def run(job: tuple) -> int:
@@ -133,11 +140,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=Path("bench/sharpness-runs"),
                     help="where the run folders go (not kept with the results)")
+    ap.add_argument("--models", default=",".join(SHORT),
+                    help="which models, comma-separated: " + ", ".join(SHORT))
     ap.add_argument("--summarize", action="store_true")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     if not a.summarize:
-        run_all(a.budgets, a.seeds, a.seeds_up_to, a.out, a.work, a.parallel)
+        run_all(a.budgets, a.seeds, a.seeds_up_to, a.out, a.work, a.parallel,
+                [SHORT[m] for m in a.models.split(",")])
     summarize(a.out)
 
 

@@ -13,6 +13,18 @@ per seed and sample that run by Euler with 32, 4 and 1 network evaluations.
     python benchmarks/toy_defaults.py --out docs/results/flow-toy-2026-12-05 --seeds 3 \
         --data grid25,pacgan-ring8 --configs auto,flow32,flow4,flow1
 
+The GAN's tuning on the 2-D mixtures (``GAN_TRIALS``; one thread per run so that another job can
+run beside it):
+
+    G=gan,auto,g-lr1e-3,g-lr5e-4,g-lr1e-4,g-b0,g-image,g-newuser,g-lat2,g-lat8,g-w512,g-r1-1,\
+g-r1-0.01,g-r1-0,g-nosn,g-d2,g-dlr1x,g-noema
+    python benchmarks/toy_defaults.py --out docs/results/modes-tuning-2026-12-06 --seeds 1 \
+        --data grid25 --configs $G --threads 1
+    python benchmarks/toy_defaults.py --out docs/results/modes-tuning-2026-12-06 --seeds 1 \
+        --data grid25 --configs g2-lr4e-3,g2-lr1e-3,g2-r1-0.1,g2-d2,g2-noema --threads 1 --append
+    python benchmarks/toy_defaults.py --out docs/results/modes-tuning-2026-12-06 --seeds 1 \
+        --data pacgan-ring8 --configs auto,gan,g-lr1e-3,g-image,g-newuser --threads 1 --append
+
 Writes ``trials.jsonl`` (one line per run), ``table.md`` and prints the table.
 """
 
@@ -56,11 +68,56 @@ SAMPLED = {"flow (preset), 32 NFE": ("flow", 32), "flow (preset), 4 NFE": ("flow
            "flow (preset), 1 NFE": ("flow", 1)}
 
 
-def run_one(out: Path, data: str, name: str, flags: list[str], seed: int, minutes: float) -> dict:
+def _gan(lr: str = "2e-4", beta1: str = "0.5", latent: str = "4", width: str = "256",
+         **options: object) -> list[str]:
+    """A GAN trial on the 2-D MLP: the report's 2-D preset with the named changes."""
+    return ["--method", "gan", "--model", "mlp", "--width", width, "--latent-dim", latent,
+            "--lr", lr, "--beta1", beta1,
+            "--method-options", json.dumps({"r1_gamma": 0.1, **options})]
+
+
+#: The GAN's tuning on the 2-D mixtures, one CPU-minute per trial, seed 0, grid25 then
+#: pacgan-ring8 (docs/results/modes-tuning-2026-12-06/): short name -> (what changed, flags).
+GAN_TRIALS: dict[str, tuple[str, list[str]]] = {
+    "g-lr1e-3": ("lr 1e-3", _gan(lr="1e-3")),
+    "g-lr5e-4": ("lr 5e-4", _gan(lr="5e-4")),
+    "g-lr1e-4": ("lr 1e-4", _gan(lr="1e-4")),
+    "g-b0": ("beta1 0", _gan(beta1="0")),
+    "g-image": ("the image preset's optimiser and R1 (lr 2e-3, beta1 0, R1 1)",
+                _gan(lr="2e-3", beta1="0", r1_gamma=1.0)),
+    "g-newuser": ("imle train --method gan with no other flag (the data's MLP, latent 2)",
+                  ["--method", "gan"]),
+    "g-lat2": ("latent 2", _gan(latent="2")),
+    "g-lat8": ("latent 8", _gan(latent="8")),
+    "g-w512": ("width 512", _gan(width="512")),
+    "g-r1-1": ("R1 1", _gan(r1_gamma=1.0)),
+    "g-r1-0.01": ("R1 0.01", _gan(r1_gamma=0.01)),
+    "g-r1-0": ("no R1", _gan(r1_gamma=0.0)),
+    "g-nosn": ("no spectral norm", _gan(spectral_norm=False)),
+    "g-d2": ("2 critic steps per generator step", _gan(d_steps=2)),
+    "g-dlr1x": ("critic at the generator's rate (no TTUR)", _gan(d_lr=2e-4)),
+    "g-noema": ("no EMA", [*_gan(), "--ema-decay", "0"]),
+    # Round 2, around the best of round 1 (g-newuser).
+    "g2-lr4e-3": ("--method gan, lr 4e-3", ["--method", "gan", "--lr", "4e-3"]),
+    "g2-lr1e-3": ("--method gan, lr 1e-3", ["--method", "gan", "--lr", "1e-3"]),
+    "g2-r1-0.1": ("--method gan, R1 0.1", ["--method", "gan", "--method-options",
+                                           '{"r1_gamma": 0.1}']),
+    "g2-d2": ("--method gan, 2 critic steps", ["--method", "gan", "--method-options",
+                                               '{"d_steps": 2}']),
+    "g2-noema": ("--method gan, no EMA", ["--method", "gan", "--ema-decay", "0"]),
+}
+CONFIGS.update({f"GAN tuning: {what}": flags for what, flags in GAN_TRIALS.values()})
+SHORT.update({f"GAN tuning: {GAN_TRIALS[k][0]}": k for k in GAN_TRIALS})
+
+
+def run_one(out: Path, data: str, name: str, flags: list[str], seed: int, minutes: float,
+            threads: int = 0) -> dict:
     short, nfe = SAMPLED.get(name, (SHORT[name], None))
     run = out / "runs" / f"{data}-{short}-s{seed}"
     cmd = [sys.executable, "-m", "imle", "train", "--data", data, "--cpu-minutes", str(minutes),
            "--seed", str(seed), "--run-dir", str(run), "--progress", "none", *flags]
+    if threads:  # else torch's default
+        cmd += ["--threads", str(threads)]
     t0 = time.perf_counter()
     if not (nfe is not None and (run / "checkpoints" / "latest").exists()):  # trained once
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -102,6 +159,8 @@ def main() -> None:
                    help="which rows: " + ", ".join(SHORT.values()))
     p.add_argument("--append", action="store_true",
                    help="add to an existing trials.jsonl (the table covers every row in it)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per run (0: torch's default)")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     chosen = {name: CONFIGS[name] for name, short in SHORT.items()
@@ -113,7 +172,7 @@ def main() -> None:
         for data in a.data.split(","):
             for name, flags in chosen.items():
                 for seed in range(a.first_seed, a.first_seed + a.seeds):
-                    row = run_one(a.out, data, name, flags, seed, a.minutes)
+                    row = run_one(a.out, data, name, flags, seed, a.minutes, a.threads)
                     f.write(json.dumps(row) + "\n")
                     f.flush()
                     print(json.dumps({k: row[k] for k in ("data", "config", "seed", "modes",
@@ -137,9 +196,10 @@ def main() -> None:
                 f"{statistics.mean(r['largest_mode_share'] for r in rs):.2f} | "
                 f"{statistics.mean(r['steps'] for r in rs):,.0f} |")
     table = "\n".join(lines)
+    threads = f"{a.threads} torch thread(s)" if a.threads else "torch's default threads"
     (a.out / "table.md").write_text(
-        f"{table}\n\n{a.minutes:g} CPU-minute(s) per run (`--cpu-minutes`, torch's default "
-        f"threads); 2,500 samples per run; seeds {a.first_seed}..{a.first_seed + a.seeds - 1}; "
+        f"{table}\n\n{a.minutes:g} CPU-minute(s) per run (`--cpu-minutes`, "
+        f"{threads}); 2,500 samples per run; seeds {a.first_seed}..{a.first_seed + a.seeds - 1}; "
         f"commands in "
         f"trials.jsonl.\n")
     print(table)

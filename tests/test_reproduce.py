@@ -114,3 +114,38 @@ def test_final_recall_measures_the_searcher_on_a_fresh_pool(tmp_path) -> None:
     assert final_recall(trainer) == 1.0
     trainer.method.searcher = DegradedSearcher(0.5)
     assert final_recall(trainer) == pytest.approx(0.5, abs=0.06)
+
+
+def test_modes_compares_the_derived_imle_with_the_gan_a_user_gets() -> None:
+    """The 2-D rows train what ``imle train --data D`` and ``--method gan`` derive, on the same
+    training split."""
+    from imle.defaults import derive
+    from imle.reproduce.models import gan_toy_tuned, imle_toy_defaults
+
+    imle, _ = derive(imle_toy_defaults("grid25", 1.0), (2,))
+    gan, _ = derive(gan_toy_tuned("grid25", 1.0), (2,))
+    assert imle.method.matcher == "rs" and "epsilon_knn_frac" in imle.method.options
+    assert imle.method.pool_multiplier == 2.0
+    for c in (imle, gan):
+        assert (c.model.type, c.model.width, c.model.latent_dim) == ("mlp", 256, 2)
+        assert c.data.options == {} and c.budget == 1.0 and c.budget_type == "cpu_minutes"
+    assert gan.method.type == "gan" and gan.optim.lr == 2e-3
+    vanilla, _ = derive(imle_toy_defaults("grid25", 1.0, **{"method.matcher": "vanilla"}), (2,))
+    assert vanilla.method.matcher == "vanilla" and vanilla.method.pool_multiplier == 2.0
+
+
+@pytest.mark.slow
+def test_modes_quick_writes_rows_and_budget_curves(tmp_path, data_dir) -> None:
+    out = tmp_path / "modes"
+    result = run_experiment("modes", out, quick=True, scale=0.1)
+    table = json.loads((out / "table.json").read_text())
+    sweep = table["settings"]["budget_sweep"]
+    for data in ("pacgan-ring8", "grid25"):
+        got = [r for r in result["rows"] if r["data"] == data and r.get("seeds") == 2]
+        assert [r["model"] for r in got] == ["IMLE defaults (RS, eps from the data)",
+                                             "IMLE, vanilla matching", "GAN (2-D tuned)"]
+        assert {(r["model"], r["cpu_min"]) for r in sweep if r["data"] == data} == {
+            (m, b) for m in ("IMLE defaults (RS, eps from the data)", "GAN (2-D tuned)")
+            for b in table["settings"]["budgets"]}
+        assert (out / f"budget-{data}.png").stat().st_size > 1000
+    assert all(0 <= r["high_quality"] <= 1 and r["steps"] > 0 for r in sweep)

@@ -47,6 +47,25 @@ def gan_toy(data: str, cpu_minutes: float, seed: int = 0, **updates: Any) -> Tra
         **updates})
 
 
+def imle_toy_defaults(data: str, cpu_minutes: float, seed: int = 0, **updates: Any
+                      ) -> TrainConfig:
+    """IMLE on a 2-D mixture with what ``imle train --data D`` derives from the data
+    (`imle.defaults`: a 2 x 256 MLP, a 2-D latent, RS-IMLE with epsilon from the data, a pool
+    of 2 |S|), on the data set's default training split (50,000 points)."""
+    return budgeted(TrainConfig(), cpu_minutes, seed, **{
+        "data.name": data, "method.recall_sample": 0, **updates})
+
+
+def gan_toy_tuned(data: str, cpu_minutes: float, seed: int = 0, **updates: Any
+                  ) -> TrainConfig:
+    """The GAN on a 2-D mixture as ``imle train --data D --method gan`` runs it: the GAN preset
+    (Adam 2e-3, beta1 0, R1 1, EMA 0.999) with the generator derived from the data (a 2 x 256
+    MLP, a 2-D latent), on the same training split as `imle_toy_defaults`. It won the GAN's 2-D
+    tuning (26 trials of one CPU-minute, docs/results/modes-tuning-2026-12-06/) over the report's
+    2-D settings `TOY_GAN`."""
+    return budgeted(gan_config(), cpu_minutes, seed, **{"data.name": data, **updates})
+
+
 def imle_images(data: str, cpu_minutes: float, seed: int = 0, **updates: Any) -> TrainConfig:
     """The project's default IMLE model on an image set."""
     return budgeted(TrainConfig(), cpu_minutes, seed, **{"data.name": data, **updates})
