@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from imle.reproduce.common import Context, figure, read_log, train, write_table
-from imle.reproduce.models import imle_images
+from imle.reproduce.models import MATCHING_LOSS, imle_images
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def run(ctx: Context) -> dict[str, Any]:
             config = imle_images("mnist", 1.0, **{
                 "data.limit": n, "method.subset_size": n, "method.search_backend": backend,
                 "method.recall_sample": 0, "budget_type": "outer", "budget": 2,
-                "method.loss": None})  # the squared L2 loss this table was measured with
+                **MATCHING_LOSS})
             trainer = train(ctx, config, f"n{n}-{backend}")
             last = read_log(trainer)[-1]
             rows.append({"N": n, "m": int(last.get("pool_size", 10 * n)), "search": backend,

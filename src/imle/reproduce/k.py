@@ -22,6 +22,7 @@ from imle.data import load_dataset
 from imle.defaults import derive
 from imle.methods import mix_seed
 from imle.reproduce.common import Context, save_samples, score_images, write_table
+from imle.reproduce.models import MATCHING_LOSS
 from imle.runs import build_method
 
 
@@ -73,7 +74,7 @@ def run(ctx: Context) -> dict[str, Any]:
     rows = []
     for k in ks:
         config = replace(TrainConfig(), **{"budget_type": "cpu_minutes", "budget": minutes,
-                                           "device": ctx.device, "method.loss": None})
+                                           "device": ctx.device, **MATCHING_LOSS})
         method, steps = train_k(config, x.to(ctx.device), k)
         ctx.log(f"  trained k={k}: {steps} steps")
         s = method.sample(n_samples, seed=17)

@@ -14,7 +14,7 @@ from typing import Any
 
 from imle.plotting import save_grid
 from imle.reproduce.common import Context, save_samples, score_images, train, write_table
-from imle.reproduce.models import imle_images
+from imle.reproduce.models import MATCHING_LOSS, imle_images
 
 DISTANCES = {
     "squared L2": {"method.distance": "l2"},
@@ -32,9 +32,9 @@ def run(ctx: Context) -> dict[str, Any]:
     chosen = DISTANCES if not ctx.quick else {k: DISTANCES[k] for k in ("squared L2", "L1")}
     rows = []
     for name, updates in chosen.items():
-        # Each row trains on its matching distance (method.loss None), not the image default.
-        trainer = train(ctx, imle_images("mnist", minutes, **{"data.limit": 10_000,
-                                                               "method.loss": None}, **updates),
+        # Each row trains on its matching distance, not the image default's loss.
+        trainer = train(ctx, imle_images("mnist", minutes, **{"data.limit": 10_000},
+                                         **MATCHING_LOSS, **updates),
                         name.replace(" ", "-").replace("+", "plus"))
         x = trainer.method.sample(n_samples, seed=13)
         save_samples(ctx, name.replace(" ", "-").replace("+", "plus"), x[:64])

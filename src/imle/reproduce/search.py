@@ -38,7 +38,7 @@ from imle.reproduce.common import (
     train,
     write_table,
 )
-from imle.reproduce.models import imle_images
+from imle.reproduce.models import MATCHING_LOSS, imle_images
 
 
 class DegradedSearcher(Searcher):
@@ -106,8 +106,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                                             "random matching")}
     rows = []
     for name, (updates, degrade) in setups.items():
-        # The squared L2 loss this table was measured with (the image default is now L1).
-        config = imle_images("mnist", minutes, **limit, **{"method.loss": None}, **updates)
+        config = imle_images("mnist", minutes, **limit, **MATCHING_LOSS, **updates)
 
         def swap(trainer: Any, degrade: Any = degrade) -> None:
             if degrade is not None:
