@@ -6,7 +6,10 @@ The data sets, configurations and scores are those of ``imle reproduce fewshot``
 as an ``imle train`` process on one thread, ``--jobs`` of them side by side, and reuses finished
 run folders.
 
-    python benchmarks/fewshot.py --cpu-minutes 3 --jobs 2 --out bench/fewshot
+    python benchmarks/fewshot.py --cpu-minutes 3 --jobs 2 --seeds 1,2 --out bench/fewshot
+
+Runs go to OUT/DATA/sSEED/METHOD; the table is the mean over seeds with each metric's range,
+``results.json`` also holds every seed's rows.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from _common import markdown_table, read_log, train_cli, write_results
 
 import imle
 from imle.plotting import save_grid
-from imle.reproduce.fewshot import METHODS, SETS, config, score_set
+from imle.reproduce.fewshot import METHODS, SEEDS, SETS, config, mean_over_seeds, score_set
 
 
 def main() -> int:
@@ -34,32 +37,43 @@ def main() -> int:
     ap.add_argument("--num", type=int, default=5000)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data-dir", default=os.environ.get("IMLE_DATA_DIR"))
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="training seeds")
+    ap.add_argument("--sets", default=",".join(SETS), help="data sets")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    jobs = [(d, m) for d in SETS for m in METHODS]
+    seeds = [int(s) for s in a.seeds.split(",")]
+    sets = a.sets.split(",")
+    jobs = [(d, m, s) for d in sets for s in seeds for m in METHODS]
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(a.jobs) as pool:
-        trained = list(pool.map(lambda j: train_cli(config(*j, a.data_dir), a.out / j[0] / j[1],
-                                                    a.cpu_minutes), jobs))
+        trained = list(pool.map(
+            lambda j: train_cli(config(j[0], j[1], a.data_dir, seed=j[2]),
+                                a.out / j[0] / f"s{j[2]}" / j[1], a.cpu_minutes), jobs))
     train_wall = time.perf_counter() - t0
     rows = []
-    for data in SETS:
-        models = {m: (imle.load_method(a.out / data / m)[0], read_log(a.out / data / m))
-                  for m in METHODS}
-        set_rows, grid = score_set(data, models, a.num, a.data_dir,
-                                   lambda r: print(json.dumps(r), flush=True))
-        rows += set_rows
-        # One row per picture line: training images, then each method's samples.
-        save_grid(grid, a.out / f"{data}.png", nrow=16)
+    for data in sets:
+        for seed in seeds:
+            folder = a.out / data / f"s{seed}"
+            models = {m: (imle.load_method(folder / m)[0], read_log(folder / m))
+                      for m in METHODS}
+            set_rows, grid = score_set(data, models, a.num, a.data_dir,
+                                       lambda r: print(json.dumps(r), flush=True))
+            rows += [{**r, "seed": seed} for r in set_rows]
+            if seed == seeds[0]:
+                # One row per picture line: training images, then each method's samples.
+                save_grid(grid, a.out / f"{data}.png", nrow=16)
     keys = ["fid_test", "fid_train100", "precision", "recall", "coverage",
             "memorization_ratio", "steps", "ms_per_sample", "mean_rematched_frac"]
+    mean = mean_over_seeds(rows, keys)
+    ranges = ["fid_test_min", "fid_test_max", "fid_train100_min", "fid_train100_max"]
     title = (f"100-shot, {a.num} samples per model, {a.cpu_minutes:g} CPU-minutes per model "
-             "on one thread")
-    table = markdown_table(title, ["data", "method"], keys, rows)
+             f"on one thread; mean over seeds {a.seeds} (min and max of the FIDs)")
+    table = markdown_table(title, ["data", "method", "seeds"], keys[:6] + ranges, mean)
+    table += "\n\n" + markdown_table("Every seed", ["data", "method", "seed"], keys, rows)
     write_results(a.out, table, {
-        "rows": rows, "trained": trained, "train_wall_s": train_wall, "argv": sys.argv,
-        "torch": torch.__version__,
-        "configs": {f"{d}/{m}": config(d, m, a.data_dir).to_dict() for d, m in jobs}})
+        "mean": mean, "rows": rows, "trained": trained, "train_wall_s": train_wall,
+        "configs": {f"{d}/{m}/s{s}": config(d, m, a.data_dir, seed=s).to_dict()
+                    for d, m, s in jobs}})
     return 0
 
 

@@ -294,6 +294,22 @@ def test_photos_options(data_dir: Path) -> None:
         load_dataset("photos", "test", data_dir=data_dir, holdout=["nope.png"])
 
 
+def test_photos_100shot_is_evenly_spaced_through_the_training_patches(data_dir: Path) -> None:
+    train = load_dataset("photos", "train", data_dir=data_dir)
+    few = load_dataset("photos-100shot", "train", data_dir=data_dir)
+    n = len(train)  # 27,737: picks 0, 280.17 -> 280, ..., n - 1
+    assert few.x.shape == (100, 3, 32, 32)
+    assert torch.equal(few.x[0], train.x[0]) and torch.equal(few.x[-1], train.x[n - 1])
+    assert torch.equal(few.x[1], train.x[round((n - 1) / 99)])
+    assert few.labels.unique().numel() == 5  # every training photo contributes
+    test = load_dataset("photos-100shot", "test", data_dir=data_dir)
+    assert torch.equal(test.x, load_dataset("photos", "test", data_dir=data_dir).x)
+    with pytest.raises(DataError, match="photos-100shot"):
+        load_dataset("photos-100shot", "val", data_dir=data_dir)
+    with pytest.raises(DataError, match="at least 100"):
+        data_mod.photos_fewshot_indices(99)
+
+
 def test_lfw_faces(data_dir: Path) -> None:
     s = load_dataset("lfw-faces", data_dir=data_dir)
     raw = np.load(data_dir / "lfw-subset" / "lfw_subset.npy")

@@ -56,6 +56,26 @@ def test_fewshot_quick_scores_every_row(tmp_path, data_dir) -> None:
     assert (out / "mnist-100shot.png").stat().st_size > 1000
 
 
+def test_fewshot_feeds_patches_to_the_digit_networks_and_averages_seeds() -> None:
+    from imle.reproduce.fewshot import mean_over_seeds, to28
+
+    red = torch.zeros(2, 3, 32, 32)
+    red[:, 0] = 1.0
+    red[:, 0, 1, 1] = 0.0  # outside the central 28 x 28 (rows and columns 2-29): cropped away
+    grey = to28(red)
+    assert grey.shape == (2, 1, 28, 28) and torch.allclose(grey, torch.full_like(grey, 0.299))
+    face = torch.ones(1, 1, 25, 25)
+    padded = to28(face)
+    assert padded.shape == (1, 1, 28, 28) and padded.sum() == 625 and padded[0, 0, 0, 0] == 0
+    rows = [{"data": "d", "method": "m", "fid_test": 10.0, "seed": 1},
+            {"data": "d", "method": "m", "fid_test": 20.0, "seed": 2},
+            {"data": "d", "method": "n", "fid_test": 5.0, "recall": 0.5, "seed": 1}]
+    m, n = mean_over_seeds(rows, ["fid_test", "recall"])
+    assert m == {"data": "d", "method": "m", "seeds": 2, "fid_test": 15.0,
+                 "fid_test_min": 10.0, "fid_test_max": 20.0}
+    assert n == {"data": "d", "method": "n", "seeds": 1, "fid_test": 5.0, "recall": 0.5}
+
+
 def test_policy_quick_rolls_out_every_policy(tmp_path) -> None:
     out = tmp_path / "policy"
     result = run_experiment("policy", out, quick=True, scale=0.2)

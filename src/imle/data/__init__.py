@@ -8,7 +8,8 @@ Data live under :func:`get_data_dir` (``--data-dir`` > ``IMLE_DATA_DIR`` > ``~/.
 
 - ``mnist/``, ``fashion-mnist/``: the four IDX files (``.gz`` or uncompressed)
 - ``cifar10/cifar-10-batches-py/``: the CIFAR-10 python batches
-- ``photos/``: colour photographs cut into patches
+- ``photos/``: colour photographs cut into patches ("photos", and "photos-100shot": 100 of
+  the training patches)
 - ``lfw-subset/lfw_subset.npy``: scikit-image's LFW crops
 """
 
@@ -26,7 +27,7 @@ import torch
 
 from imle.errors import ConfigError, DataError
 
-from .base import DataSplit, get_data_dir, validate_images
+from .base import DataSplit, check_split, get_data_dir, validate_images
 from .cifar import load_cifar10
 from .download import download_url, md5_file
 from .images import load_array_file, load_image_folder, load_lfw_faces, load_photos
@@ -40,6 +41,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "md5_file",
+    "photos_fewshot_indices",
     "validate_images",
 ]
 
@@ -76,6 +78,27 @@ def _fewshot(base: str) -> Loader:
     return load
 
 
+def photos_fewshot_indices(num_train_patches: int) -> list[int]:
+    """The 100 training patches of "photos-100shot": evenly spaced through the "photos" train
+    split (patches in file order, row-major within a photo), so every training photo is drawn
+    from; no random number generator is involved."""
+    if num_train_patches < 100:
+        raise DataError(f"photos-100shot needs at least 100 training patches, found "
+                        f"{num_train_patches}; add photos to the photos/ folder")
+    return torch.linspace(0, num_train_patches - 1, 100).round().long().tolist()
+
+
+def _photos_fewshot(split: str, data_dir: Path, download: bool, **options: Any) -> DataSplit:
+    # "train": 100 patches of the training photos; "test": every patch of the held-out photos.
+    check_split(split, ("train", "test"), "photos-100shot")
+    full = load_photos(split, data_dir, download)
+    if split == "test":
+        return DataSplit(full.x, full.labels, "photos-100shot", split)
+    idx = torch.tensor(photos_fewshot_indices(full.x.shape[0]))
+    return DataSplit(full.x[idx], None if full.labels is None else full.labels[idx],
+                     "photos-100shot", split)
+
+
 _BUILTIN: dict[str, Loader] = {
     "mnist": _mnist,
     "fashion-mnist": _fashion,
@@ -84,6 +107,7 @@ _BUILTIN: dict[str, Loader] = {
     "lfw-faces": load_lfw_faces,
     "mnist-100shot": _fewshot("mnist"),
     "fashion-mnist-100shot": _fewshot("fashion-mnist"),
+    "photos-100shot": _photos_fewshot,
 }
 # Options each built-in accepts, checked up front so a typo fails with a clear message.
 _BUILTIN_OPTIONS = {
@@ -94,6 +118,7 @@ _BUILTIN_OPTIONS = {
     "lfw-faces": (),
     "mnist-100shot": ("mirrors",),
     "fashion-mnist-100shot": ("mirrors",),
+    "photos-100shot": (),
 }
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",

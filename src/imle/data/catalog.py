@@ -55,6 +55,8 @@ CATALOG = (
                 {"train": 50_000, "test": 10_000}, "download", "cifar10"),
     DatasetInfo("photos", "32x32 patches of colour photographs (stride 8)", (3, 32, 32),
                 {"train": None, "test": None}, "local", "photos"),
+    DatasetInfo("photos-100shot", "100 photo patches evenly spaced through the training photos",
+                (3, 32, 32), {"train": 100, "test": None}, "local", "photos"),
     DatasetInfo("lfw-faces", "100 grayscale face crops of Labeled Faces in the Wild",
                 (1, 25, 25), {"train": 100}, "local", "lfw-subset"),
     DatasetInfo("ring8", "8 Gaussians on a circle of radius 2, std 0.02", (2,), _TOY_SPLITS,
@@ -75,7 +77,7 @@ def _on_disk(info: DatasetInfo, root: Path) -> Path | None:
         return None
     if info.name == "cifar10":
         return _find_batch_dir(root)
-    if info.name == "photos":
+    if info.files == "photos":
         folder = root / "photos"
         return folder if folder.is_dir() and _image_files(folder) else None
     path = root / "lfw-subset" / "lfw_subset.npy"
@@ -116,6 +118,8 @@ def describe_datasets(data_dir: str | Path | None = None) -> list[dict]:
                 status = f"on disk ({folder})"
                 if info.name == "photos":
                     splits = _photo_splits(folder)
+                elif info.name == "photos-100shot":
+                    splits = {"train": 100, "test": _photo_splits(folder)["test"]}
             elif info.source == "download":
                 status = f"missing: will be downloaded to {root / info.files}"
             else:

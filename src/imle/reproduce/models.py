@@ -13,8 +13,8 @@ from typing import Any
 from imle.config import TrainConfig, gan_config, paper_config, reference_config, replace
 
 #: IMLE trained on its matching distance (squared L2 on images) instead of the image default's
-#: L1 loss: the setting the tables of ``k``, ``fewshot``, ``cost``,
-#: ``gradients``, ``search`` and ``metric`` were measured with.
+#: L1 loss: the setting the tables of ``k``, ``cost``, ``gradients``, ``search`` and ``metric``
+#: were measured with.
 MATCHING_LOSS: dict[str, Any] = {"method.loss": None}
 
 #: Generator (and GAN discriminator width) used for the 2-D mixtures: an MLP of two hidden
