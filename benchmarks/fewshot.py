@@ -6,10 +6,12 @@ The data sets, configurations and scores are those of ``imle reproduce fewshot``
 as an ``imle train`` process on one thread, ``--jobs`` of them side by side, and reuses finished
 run folders.
 
-    python benchmarks/fewshot.py --cpu-minutes 3 --jobs 2 --seeds 1,2 --out bench/fewshot
+    python benchmarks/fewshot.py --cpu-minutes 3 --jobs 2 --out bench/fewshot \
+        --plan mnist-100shot=1,2 fashion-mnist-100shot=1,2 lfw-faces=1 photos-100shot=1
 
-Runs go to OUT/DATA/sSEED/METHOD; the table is the mean over seeds with each metric's range,
-``results.json`` also holds every seed's rows.
+``--plan`` names the data sets and each one's training seeds (default: every set with
+`SEEDS`). Runs go to OUT/DATA/sSEED/METHOD; the table is the mean over seeds with each FID's
+range, ``results.json`` also holds every seed's rows.
 """
 
 from __future__ import annotations
@@ -37,13 +39,17 @@ def main() -> int:
     ap.add_argument("--num", type=int, default=5000)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data-dir", default=os.environ.get("IMLE_DATA_DIR"))
-    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="training seeds")
-    ap.add_argument("--sets", default=",".join(SETS), help="data sets")
+    ap.add_argument("--plan", nargs="+", default=[f"{d}={','.join(map(str, SEEDS))}"
+                                                  for d in SETS],
+                    help="DATA=SEEDS per data set, e.g. mnist-100shot=1,2 lfw-faces=1")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    seeds = [int(s) for s in a.seeds.split(",")]
-    sets = a.sets.split(",")
-    jobs = [(d, m, s) for d in sets for s in seeds for m in METHODS]
+    plan = {d: [int(s) for s in seeds.split(",")]
+            for d, seeds in (item.split("=") for item in a.plan)}
+    unknown = sorted(set(plan) - set(SETS))
+    if unknown:
+        raise SystemExit(f"--plan: unknown data set(s) {unknown}; sets: {list(SETS)}")
+    jobs = [(d, m, s) for d, seeds in plan.items() for s in seeds for m in METHODS]
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(a.jobs) as pool:
         trained = list(pool.map(
@@ -51,7 +57,7 @@ def main() -> int:
                                 a.out / j[0] / f"s{j[2]}" / j[1], a.cpu_minutes), jobs))
     train_wall = time.perf_counter() - t0
     rows = []
-    for data in sets:
+    for data, seeds in plan.items():
         for seed in seeds:
             folder = a.out / data / f"s{seed}"
             models = {m: (imle.load_method(folder / m)[0], read_log(folder / m))
@@ -67,7 +73,8 @@ def main() -> int:
     mean = mean_over_seeds(rows, keys)
     ranges = ["fid_test_min", "fid_test_max", "fid_train100_min", "fid_train100_max"]
     title = (f"100-shot, {a.num} samples per model, {a.cpu_minutes:g} CPU-minutes per model "
-             f"on one thread; mean over seeds {a.seeds} (min and max of the FIDs)")
+             f"on one thread; mean over the seeds of {' '.join(a.plan)} (min and max of the "
+             "FIDs)")
     table = markdown_table(title, ["data", "method", "seeds"], keys[:6] + ranges, mean)
     table += "\n\n" + markdown_table("Every seed", ["data", "method", "seed"], keys, rows)
     write_results(a.out, table, {
