@@ -69,13 +69,15 @@ def main() -> int:
                 # One row per picture line: training images, then each method's samples.
                 save_grid(grid, a.out / f"{data}.png", nrow=16)
     keys = ["fid_test", "fid_train100", "precision", "recall", "coverage",
-            "memorization_ratio", "steps", "ms_per_sample", "mean_rematched_frac"]
+            "memorization_ratio", "steps", "ms_per_sample", "mean_rematched_frac",
+            "nonfinite_samples"]
     mean = mean_over_seeds(rows, keys)
     ranges = ["fid_test_min", "fid_test_max", "fid_train100_min", "fid_train100_max"]
     title = (f"100-shot, {a.num} samples per model, {a.cpu_minutes:g} CPU-minutes per model "
              f"on one thread; mean over the seeds of {' '.join(a.plan)} (min and max of the "
              "FIDs)")
-    table = markdown_table(title, ["data", "method", "seeds"], keys[:6] + ranges, mean)
+    table = markdown_table(title, ["data", "method", "seeds"],
+                           keys[:6] + ranges + ["nonfinite_samples"], mean)
     table += "\n\n" + markdown_table("Every seed", ["data", "method", "seed"], keys, rows)
     write_results(a.out, table, {
         "mean": mean, "rows": rows, "trained": trained, "train_wall_s": train_wall,
