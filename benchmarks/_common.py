@@ -57,6 +57,15 @@ def train_all(runs: dict[str, imle.TrainConfig], out: Path, cpu_minutes: float,
     return trained, time.perf_counter() - t0
 
 
+def parse_overrides(words: list[str]) -> dict[str, Any]:
+    """``section.field=JSON`` words as a dict of overrides for `imle.config.replace`."""
+    over = {}
+    for kv in words:
+        key, value = kv.split("=", 1)
+        over[key] = json.loads(value)
+    return over
+
+
 def read_log(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 

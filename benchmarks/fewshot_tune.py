@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 
 import torch
-from _common import markdown_table, read_log, train_cli, write_results
+from _common import markdown_table, parse_overrides, read_log, train_cli, write_results
 
 import imle
 from imle.config import replace
 from imle.data import load_dataset
 from imle.metrics import load_feature_extractor, prdc
 from imle.metrics.fid import feature_moments, frechet_distance
-from imle.reproduce.fewshot import METHODS, config, rows_of
+from imle.reproduce.fewshot import METHODS, as_images, config, rows_of
 
 
 def read_trials(path: Path) -> list[tuple[str, str, dict]]:
@@ -48,11 +48,7 @@ def read_trials(path: Path) -> list[tuple[str, str, dict]]:
         name, row, *kvs = words
         if row not in METHODS:
             raise SystemExit(f"{path}: trial {name}: unknown row {row!r}; rows: {list(METHODS)}")
-        over = {}
-        for kv in kvs:
-            key, value = kv.split("=", 1)
-            over[key] = json.loads(value)
-        trials.append((name, row, over))
+        trials.append((name, row, parse_overrides(kvs)))
     return trials
 
 
@@ -105,14 +101,15 @@ def main() -> int:
         for label, nfe in rows_of(row):
             if nfe is not None:
                 model.configure_sampling(nfe=nfe, solver="euler")
-            x = model.sample(a.num, seed=0).clamp(0, 1)
+            x, bad = as_images(model.sample(a.num, seed=0))
             f = ext(x)
             r = prdc(ref[:5000], f, k=5)
             rows.append({"trial": name, "row": label,
                          "over": json.dumps(over) if over else "(row as is)",
                          "fid": frechet_distance(*feature_moments(f), mu_r, sig_r),
                          "precision": r["precision"], "recall": r["recall"],
-                         "coverage": r["coverage"], "steps": log[-1]["step"]})
+                         "coverage": r["coverage"], "steps": log[-1]["step"],
+                         "nonfinite_samples": bad})
             print(json.dumps(rows[-1]), flush=True)
     best = {}
     for r in rows:

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 
 import torch
+from _common import parse_overrides
 
 from imle.config import PRESETS, replace
 from imle.metrics import evaluate
@@ -56,10 +57,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the run's seed")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    over = {}
-    for kv in a.overrides:
-        key, value = kv.split("=", 1)
-        over[key] = json.loads(value)
+    over = parse_overrides(a.overrides)
     budget = {"budget_type": "steps", "budget": a.steps} if a.steps else {
         "budget_type": "cpu_minutes", "budget": a.cpu_minutes}
     cfg = replace(PRESETS[a.preset](), threads=1, progress="none", sample_every_outer=20,

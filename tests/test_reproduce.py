@@ -56,8 +56,12 @@ def test_fewshot_quick_scores_every_row(tmp_path, data_dir) -> None:
     assert (out / "mnist-100shot.png").stat().st_size > 1000
 
 
-def test_fewshot_feeds_patches_to_the_digit_networks_and_averages_seeds() -> None:
-    from imle.reproduce.fewshot import mean_over_seeds, to28
+def test_fewshot_scores_blown_up_samples_feeds_patches_to_the_digit_networks_and_averages_seeds() -> None:
+    from imle.reproduce.fewshot import as_images, mean_over_seeds, to28
+
+    x = torch.tensor([[0.5, 2.0], [float("nan"), 0.2], [float("inf"), -1.0]])
+    images, bad = as_images(x)
+    assert bad == 2 and torch.equal(images, torch.tensor([[0.5, 1.0], [0.0, 0.2], [1.0, 0.0]]))
 
     red = torch.zeros(2, 3, 32, 32)
     red[:, 0] = 1.0

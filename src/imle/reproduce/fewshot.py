@@ -167,6 +167,14 @@ def score(data: str, samples: torch.Tensor, train_x: torch.Tensor, data_dir: str
     return row
 
 
+def as_images(samples: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(samples clamped to [0, 1], how many had a NaN or infinite value). A sample the sampler
+    blew up counts as a failed image (NaN -> 0, +inf -> 1, -inf -> 0), not as a crash of the
+    score."""
+    bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
+    return torch.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1), bad
+
+
 COLUMNS = ["data", "method", "fid_test", "fid_train100", "precision", "recall", "coverage",
            "memorization_ratio", "steps", "ms_per_sample", "mean_rematched_frac",
            "nonfinite_samples"]
@@ -188,11 +196,8 @@ def score_set(data: str, models: dict[str, tuple[Any, list[dict]]], num: int,
             if nfe is not None:
                 model.configure_sampling(nfe=nfe, solver="euler")
             t0 = time.perf_counter()
-            samples = model.sample(num, seed=0)
+            samples, bad = as_images(model.sample(num, seed=0))
             ms = (time.perf_counter() - t0) / num * 1e3
-            # A sample the sampler blew up (NaN or inf) counts as a failed image, not a crash.
-            bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
-            samples = torch.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
             grids.append(samples[:16])
             row = {"data": data, "method": name, **score(data, samples, train_x, data_dir),
                    "steps": log[-1]["step"], "refreshes": log[-1]["outer"],
