@@ -397,6 +397,9 @@ def test_evaluate_rejects_too_few_samples_early():
         evaluate(x, "ring8", ["fid", "bogus"])
     with pytest.raises(ShapeError):
         evaluate(torch.rand(50, 1, 28, 28), "ring8", ["fid"])
+    x[3, 0], x[7, 1] = float("nan"), float("inf")  # a diverged sampler's output
+    with pytest.raises(DataError, match="2 of 50 samples have NaN or infinite values.*--nfe"):
+        evaluate(x, "ring8", ["fid"])
 
 
 def test_evaluate_mnist_real_images(data_dir):

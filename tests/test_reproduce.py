@@ -56,7 +56,7 @@ def test_fewshot_quick_scores_every_row(tmp_path, data_dir) -> None:
     assert (out / "mnist-100shot.png").stat().st_size > 1000
 
 
-def test_fewshot_scores_blown_up_samples_feeds_patches_to_the_digit_networks_and_averages_seeds() -> None:
+def test_fewshot_scoring_helpers_blown_up_samples_grey_crops_seed_means() -> None:
     from imle.reproduce.fewshot import as_images, mean_over_seeds, to28
 
     x = torch.tensor([[0.5, 2.0], [float("nan"), 0.2], [float("inf"), -1.0]])

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from imle.errors import ConfigError, ShapeError
+from imle.errors import ConfigError, DataError, ShapeError
 from imle.metrics.features import BUILTIN_CLASSIFIERS, FeatureExtractor, load_feature_extractor
 from imle.metrics.fid import check_fid_size, check_kid_size, fid_from_features, kid_from_features
 from imle.metrics.memorization import memorization, nearest_distances
@@ -283,6 +283,11 @@ def evaluate(samples: torch.Tensor, data: str, metrics: Sequence[str] = METRICS,
     if tuple(x.shape[1:]) != tuple(train.x.shape[1:]):
         raise ShapeError(f"samples have shape {tuple(x.shape[1:])} per item but {data!r} has "
                          f"{tuple(train.x.shape[1:])}; is --data right?")
+    bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+    if bad:
+        raise DataError(f"{bad} of {n} samples have NaN or infinite values, which no metric can "
+                        "score: the model's sampler diverged (for a flow, sample with more "
+                        "steps, --nfe, or --solver heun; otherwise use an earlier checkpoint)")
     test = _split(data, "test", data_dir)
     n_floor = min(n, test.x.shape[0])
     settings: dict = {"data": data, "data_dir": None if data_dir is None else str(data_dir),
