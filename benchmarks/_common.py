@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,14 @@ def budget_parser(doc: str, cpu_minutes: float, **extra: Any) -> argparse.Argume
 
 
 def train_all(runs: dict[str, imle.TrainConfig], out: Path, cpu_minutes: float,
-              jobs: int) -> tuple[list[dict[str, Any]], float]:
-    """Trains every config into OUT/<name> with `train_cli`, ``jobs`` at a time; returns the
-    summaries and the wall seconds."""
+              jobs: int, train: Callable[..., dict[str, Any]] | None = None
+              ) -> tuple[list[dict[str, Any]], float]:
+    """Trains every config into OUT/<name> (a name may hold "/") with ``train`` (default
+    `train_cli`), ``jobs`` at a time; returns the summaries and the wall seconds."""
+    train = train or train_cli
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(jobs) as pool:
-        trained = list(pool.map(lambda kv: train_cli(kv[1], out / kv[0], cpu_minutes),
+        trained = list(pool.map(lambda kv: train(kv[1], out / kv[0], cpu_minutes),
                                 runs.items()))
     return trained, time.perf_counter() - t0
 

@@ -17,15 +17,13 @@ range, ``results.json`` also holds every seed's rows.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
-from _common import markdown_table, read_log, train_cli, write_results
+from _common import markdown_table, read_log, train_all, write_results
 
 import imle
 from imle.plotting import save_grid
@@ -49,13 +47,9 @@ def main() -> int:
     unknown = sorted(set(plan) - set(SETS))
     if unknown:
         raise SystemExit(f"--plan: unknown data set(s) {unknown}; sets: {list(SETS)}")
-    jobs = [(d, m, s) for d, seeds in plan.items() for s in seeds for m in METHODS]
-    t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(a.jobs) as pool:
-        trained = list(pool.map(
-            lambda j: train_cli(config(j[0], j[1], a.data_dir, seed=j[2]),
-                                a.out / j[0] / f"s{j[2]}" / j[1], a.cpu_minutes), jobs))
-    train_wall = time.perf_counter() - t0
+    runs = {f"{d}/s{s}/{m}": config(d, m, a.data_dir, seed=s)
+            for d, seeds in plan.items() for s in seeds for m in METHODS}
+    trained, train_wall = train_all(runs, a.out, a.cpu_minutes, a.jobs)
     rows = []
     for data, seeds in plan.items():
         for seed in seeds:
@@ -79,10 +73,8 @@ def main() -> int:
     table = markdown_table(title, ["data", "method", "seeds"],
                            keys[:6] + ranges + ["nonfinite_samples"], mean)
     table += "\n\n" + markdown_table("Every seed", ["data", "method", "seed"], keys, rows)
-    write_results(a.out, table, {
-        "mean": mean, "rows": rows, "trained": trained, "train_wall_s": train_wall,
-        "configs": {f"{d}/{m}/s{s}": config(d, m, a.data_dir, seed=s).to_dict()
-                    for d, m, s in jobs}})
+    write_results(a.out, table, {"mean": mean, "rows": rows, "trained": trained,
+                                 "train_wall_s": train_wall}, runs)
     return 0
 
 

@@ -19,16 +19,14 @@ the network or on the images it was tuned with. The per-row winner (lowest FID) 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
-from _common import markdown_table, parse_overrides, read_log, train_cli, write_results
+from _common import markdown_table, parse_overrides, read_log, train_all, train_cli, write_results
 
 import imle
 from imle.config import replace
@@ -79,12 +77,8 @@ def main() -> int:
     trials = read_trials(a.trials)
     runs = {name: replace(config(a.data, row, a.data_dir, seed=a.seed, tuned=False), **over)
             for name, row, over in trials}
-    t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(a.jobs) as pool:
-        futures = {name: pool.submit(train_or_fail, cfg, a.out / name, a.cpu_minutes)
-                   for name, cfg in runs.items()}
-        trained = {name: f.result() for name, f in futures.items()}
-    wall = time.perf_counter() - t0
+    summaries, wall = train_all(runs, a.out, a.cpu_minutes, a.jobs, train=train_or_fail)
+    trained = dict(zip(runs, summaries, strict=True))
     torch.set_num_threads(2)
     ref_data, ref_split = a.reference.split(":")
     ext = load_feature_extractor(a.extractor)
