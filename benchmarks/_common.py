@@ -87,8 +87,9 @@ def markdown_table(title: str, labels: list[str], keys: list[str],
 
 
 def write_results(out: Path, table: str, payload: dict[str, Any],
-                  runs: dict[str, imle.TrainConfig] | None = None) -> None:
-    """Prints the table and writes OUT/results.md and OUT/results.json (the payload with the
+                  runs: dict[str, imle.TrainConfig] | None = None, name: str = "results"
+                  ) -> None:
+    """Prints the table and writes OUT/NAME.md and OUT/NAME.json (the payload with the
     command line, the torch version and, given ``runs``, every run's config)."""
     import torch
 
@@ -96,5 +97,5 @@ def write_results(out: Path, table: str, payload: dict[str, Any],
     if runs is not None:
         payload["configs"] = {k: v.to_dict() for k, v in runs.items()}
     print("\n" + table)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    (out / f"{name}.md").write_text(table + "\n")
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -14,8 +14,9 @@ from torch import nn
 import imle
 from imle.cli import main as cli_main
 from imle.config import TrainConfig, replace
-from imle.errors import ConfigError, ShapeError
+from imle.errors import CheckpointError, ConfigError, DataError, ShapeError
 from imle.methods import FlowMatching, integrate
+from imle.methods.base import Batch, Step
 from imle.nets import VelocityMLP, VelocityUNet, build_velocity_net
 
 MU = torch.tensor([2.0, -1.0, 0.5])
@@ -210,6 +211,8 @@ def test_flow_on_the_command_line_with_nfe(tmp_path, data_dir):
     assert cli_main(["sample", str(run), "--num", "16", "--nfe", "3", "--solver", "heun",
                      "--out", str(tmp_path / "x.npy")]) == 0
     assert np.load(tmp_path / "x.npy").shape == (16, 2)
+    # 2-D points keep their own scale (only images are clipped to [0, 1]).
+    assert np.load(tmp_path / "x.npy").min() < 0
     # A one-pass method refuses --nfe, naming where it applies.
     imle_run = tmp_path / "imle"
     assert cli_main(["train", "--data", "grid25", "--limit", "256", "--steps", "5",
@@ -238,7 +241,7 @@ def test_flow_config_errors_name_the_fix(tmp_path):
         _flow_config(**{"method.options": {"nfe": 0}})
     with pytest.raises(ConfigError, match="solver"):
         _flow_config(**{"method.options": {"solver": "rk4"}})
-    with pytest.raises(ConfigError, match="accepts: nfe, solver, time"):
+    with pytest.raises(ConfigError, match="accepts: couplings, nfe, solver, time"):
         _flow_config(**{"method.options": {"steps": 3}})
     flow = FlowMatching(VelocityMLP((3,)), (3,))
     with pytest.raises(ConfigError, match="nfe"):
@@ -256,3 +259,150 @@ def test_flow_time_sampling_options():
     assert abs(float(t.mean()) - 0.5) < 0.01 and float(t.std()) < 0.25  # peaked at 1/2
     assert math.isclose(float(FlowMatching(VelocityMLP((3,)), (3,))._times(
         100_000, torch.Generator().manual_seed(0)).std()), 12 ** -0.5, rel_tol=0.02)
+
+
+# ---------------------------------------------------------------------------------- reflow
+def straight_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The velocity of the straight paths from z to MU + SIGMA z (what a reflow of the exact
+    Gaussian flow learns): x_t = t MU + (1 - t + t SIGMA) z, so v = MU + (SIGMA - 1) z with
+    z = (x - t MU) / (1 - t + t SIGMA)."""
+    t = t.to(x.dtype)[:, None]
+    mu, sigma = MU.to(x.dtype), SIGMA.to(x.dtype)
+    return mu + (sigma - 1) * (x - t * mu) / (1 - t + t * sigma)
+
+
+class StraightVelocity(ExactVelocity):
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return straight_velocity(x, t)
+
+
+def _write_couplings(path, noise: torch.Tensor, x: torch.Tensor) -> str:
+    np.savez(path, noise=noise.numpy(), x=x.numpy())
+    return str(path)
+
+
+def _loss(flow: FlowMatching, data: torch.Tensor, seed: int = 0) -> float:
+    n = data.shape[0]
+    batch = Batch(positions=torch.arange(n), part=slice(None), ids=torch.arange(n), x=data,
+                  c=None)
+    step = Step(module=flow.generator, noise=torch.Generator().manual_seed(seed), lr=0.0,
+                step=0, next_batch=lambda: batch)
+    return float(flow.loss(batch, step, {})[0])
+
+
+def test_one_euler_step_of_straight_paths_is_exact():
+    x0 = torch.randn(500, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = MU.double() + SIGMA.double() * x0
+    torch.testing.assert_close(integrate(straight_velocity, x0, 1), exact)
+    assert float((integrate(gaussian_velocity, x0, 1) - exact).abs().max()) > 0.5
+
+
+def test_reflow_trains_on_each_noise_with_its_own_endpoint(tmp_path):
+    """The straight velocity has zero loss on the pairs (z, MU + SIGMA z), and not when the
+    pairs are broken (noise drawn apart from the examples, or rows shuffled)."""
+    z = torch.randn(4000, 3, generator=torch.Generator().manual_seed(1))
+    x = MU + SIGMA * z
+    paired = FlowMatching(StraightVelocity(), (3,), options={
+        "couplings": _write_couplings(tmp_path / "pairs.npz", z, x)})
+    assert paired.couplings is not None and paired.couplings.rows == 4000
+    assert _loss(paired, x[:256]) < 1e-10
+    assert _loss(FlowMatching(StraightVelocity(), (3,)), x[:256]) > 0.5
+    shuffled = FlowMatching(StraightVelocity(), (3,), options={
+        "couplings": _write_couplings(tmp_path / "shuffled.npz", z, x.flip(0))})
+    assert _loss(shuffled, x[:256]) > 0.5
+    # Noise stored flat (as imle sample writes a flow's) is reshaped to the sample's shape.
+    images = torch.rand(10, 1, 2, 2)
+    flat = FlowMatching(VelocityMLP((1, 2, 2)), (1, 2, 2), options={
+        "couplings": _write_couplings(tmp_path / "flat.npz", torch.randn(10, 4), images)})
+    assert flat.couplings is not None and flat.couplings.noise.shape == (10, 1, 2, 2)
+
+
+def test_reflow_from_a_teacher_run_samples_in_one_step(tmp_path):
+    """Teacher -> imle sample --out pairs.npz -> a student started from the teacher
+    (model.init) and trained on the pairs: its one-step samples land near the teacher's
+    32-step ones, where the teacher's own one step does not."""
+    data = _gaussian_data(2000)
+    config = _flow_config(**{"budget": 600, "method.subset_size": None,
+                             "optim.batch_size": 128, "optim.lr": 3e-3})
+    imle.Trainer(config, tmp_path / "teacher", data=data).train()
+    pairs = tmp_path / "pairs.npz"
+    assert cli_main(["sample", str(tmp_path / "teacher"), "--num", "2000", "--nfe", "32",
+                     "--out", str(pairs)]) == 0
+    with np.load(pairs) as z:
+        noise, x = torch.from_numpy(z["noise"]), torch.from_numpy(z["x"])
+    # The pairs are exactly what imle sample draws and the noise it drew them from.
+    plain, _ = imle.sample_from_run(tmp_path / "teacher", 2000, nfe=32)
+    assert torch.equal(x, plain) and noise.shape == (2000, 3)
+    teacher = imle.load_method(tmp_path / "teacher")[0]
+    assert torch.equal(noise, teacher.draw_latents(2000, 0))
+    student_config = replace(config, **{"budget": 300, "model.init": str(tmp_path / "teacher"),
+                                        "method.options": {"couplings": str(pairs)}})
+    student = imle.Trainer(student_config, tmp_path / "student", data=data)
+    for a, b in zip(student.method.generator.parameters(), teacher.ema.parameters(),
+                    strict=True):
+        assert torch.equal(a, b)  # started from the teacher's EMA weights
+    student.train()
+    fresh = teacher.draw_latents(1000, 7)
+    target = teacher.generate(fresh, module=teacher.ema)
+
+    def one_step_error(method: FlowMatching) -> float:
+        method.configure_sampling(nfe=1)
+        return float((method.generate(fresh, module=method.ema) - target).norm(dim=1).mean())
+
+    assert one_step_error(student.method) < 0.4 * one_step_error(teacher)
+
+
+def test_reflow_and_init_errors_name_the_fix(tmp_path):
+    x = torch.randn(20, 3)
+    with pytest.raises(ConfigError, match="imle sample"):
+        FlowMatching(VelocityMLP((3,)), (3,), options={"couplings": str(tmp_path / "no.npz")})
+    np.savez(tmp_path / "keys.npz", samples=x.numpy())
+    with pytest.raises(DataError, match="'noise' and 'x'"):
+        FlowMatching(VelocityMLP((3,)), (3,), options={"couplings": str(tmp_path / "keys.npz")})
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="cannot read"):
+        FlowMatching(VelocityMLP((3,)), (3,), options={"couplings": str(tmp_path / "junk.npz")})
+    with pytest.raises(ShapeError, match="same data"):
+        FlowMatching(VelocityMLP((4,)), (4,), options={
+            "couplings": _write_couplings(tmp_path / "shape.npz", x, x)})
+    with pytest.raises(ShapeError, match="one row of 3 numbers"):
+        FlowMatching(VelocityMLP((3,)), (3,), options={
+            "couplings": _write_couplings(tmp_path / "rows.npz", x[:5], x)})
+    bad = x.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(DataError, match="finite"):
+        FlowMatching(VelocityMLP((3,)), (3,), options={
+            "couplings": _write_couplings(tmp_path / "nan.npz", x, bad)})
+    data = _gaussian_data(50)
+    with pytest.raises(ConfigError, match="neither a run folder"):
+        imle.Trainer(_flow_config(**{"model.init": str(tmp_path / "nowhere")}),
+                     tmp_path / "a", data=data)
+    imle.Trainer(_flow_config(**{"budget": 2}), tmp_path / "small", data=data).train()
+    with pytest.raises(ConfigError, match="another network"):
+        imle.Trainer(_flow_config(**{"model.init": str(tmp_path / "small"), "model.width": 32}),
+                     tmp_path / "b", data=data)
+
+
+def test_a_reflow_resume_keeps_its_pairs_and_needs_no_teacher(tmp_path):
+    data = _gaussian_data(100)
+    z = torch.randn(300, 3, generator=torch.Generator().manual_seed(2))
+    pairs = _write_couplings(tmp_path / "pairs.npz", z, MU + SIGMA * z)
+    imle.Trainer(_flow_config(), tmp_path / "teacher", data=data).train()
+    config = _flow_config(**{"model.init": str(tmp_path / "teacher"),
+                             "method.options": {"couplings": pairs}})
+    full = imle.Trainer(config, tmp_path / "full", data=data)
+    full.train()
+    part = imle.Trainer(config, tmp_path / "part", data=data)
+    part.train(until_step=5)
+    (tmp_path / "teacher" / "config.json").unlink()  # the checkpoint holds the weights now
+    resumed = imle.Trainer.resume(tmp_path / "part", data=data)
+    resumed.train()
+    for a, b in zip(full.method.generator.parameters(), resumed.method.generator.parameters(),
+                    strict=True):
+        assert torch.equal(a, b)
+    # Other pairs under the same name: the resume stops instead of training on them.
+    part2 = imle.Trainer(config, tmp_path / "part2", data=data, init_weights=False)
+    part2.train(until_step=5)
+    _write_couplings(tmp_path / "pairs.npz", z, MU - SIGMA * z)
+    with pytest.raises(CheckpointError, match="changed since the run was trained"):
+        imle.Trainer.resume(tmp_path / "part2", data=data)

@@ -202,3 +202,18 @@ def test_recall_is_measured_on_every_nth_outer_iteration(tmp_path, data_dir):
     measured = [r["outer"] for r in log if "recall_at_1" in r]
     assert measured == [r["outer"] for r in log if (r["outer"] - 1) % 3 == 0]
     assert all(0 <= r["recall_at_1"] <= 1 for r in log if "recall_at_1" in r)
+
+
+def test_model_init_starts_from_a_runs_weights(tmp_path, data_dir):
+    first = imle.Trainer(small_config(budget=5), tmp_path / "first")
+    first.train()
+    ema = next((tmp_path / "first" / "checkpoints").glob("*/ema.safetensors"))
+    for init in (str(tmp_path / "first"), str(ema)):  # a run folder or a weights file
+        second = imle.Trainer(small_config(**{"model.init": init}), tmp_path / "second")
+        for a, b in zip(second.method.generator.parameters(), first.method.ema.parameters(),
+                        strict=True):
+            assert torch.equal(a, b)
+        assert "starting from" in second.describe()["generator"]
+    fresh = imle.Trainer(small_config(), tmp_path / "fresh")
+    assert not all(torch.equal(a, b) for a, b in zip(
+        fresh.method.generator.parameters(), first.method.ema.parameters(), strict=True))

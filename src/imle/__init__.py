@@ -32,13 +32,14 @@ from imle.methods import (
     register_method,
 )
 from imle.nets import GENERATORS, build_generator, register_generator
-from imle.runs import load_method, sample_from_run
+from imle.runs import load_method, sample_from_run, sample_with_noise
 from imle.training import Trainer
 
 __all__ = [
     "IMLE", "Matches", "Pool", "Trainer", "TrainConfig", "DataConfig", "ModelConfig",
     "MethodConfig", "OptimConfig", "GENERATORS", "build_generator", "register_generator",
-    "load_method", "sample_from_run", "IMLEError", "ConfigError", "DataError", "ShapeError",
+    "load_method", "sample_from_run", "sample_with_noise", "IMLEError", "ConfigError",
+    "DataError", "ShapeError",
     "CheckpointError", "__version__", "data", "knn", "DISTANCES", "Distance", "build_distance",
     "register_distance", "MATCHERS", "Matcher", "build_matcher", "register_matcher",
     "METHODS", "Method", "register_method", "Outer", "Batch", "Step", "ConditionalIMLE", "GAN",

@@ -142,11 +142,16 @@ class ModelConfig(_Typed):
             (12, or the data's dimension for vectors of fewer dimensions; `imle.defaults`).
         width: base channel count (conv) or hidden width (mlp); None: the network's default
             (64 channels, 1024 hidden units).
+        init: start the generator (and its EMA) from trained weights instead of ``seed``'s
+            initialisation: a run folder (its newest checkpoint's EMA weights, else its
+            model weights) or a ``.safetensors`` file of the same network; "" for none. A
+            resumed run takes its checkpoint's weights instead.
     """
 
     type: str = "auto"
     latent_dim: int = 0
     width: int | None = None
+    init: str = ""
 
 
 @dataclass(frozen=True)

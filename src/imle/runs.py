@@ -98,6 +98,59 @@ def check_checkpoint_config(folder: Path, config: TrainConfig) -> None:
             f"a new run")
 
 
+def _sampler(run_dir: str | Path, checkpoint: str | Path | None, device: str,
+             batch_size: int, nfe: int | None, solver: str | None) -> tuple[Method, TrainConfig]:
+    method, config = load_method(run_dir, checkpoint, device)
+    method.pool_batch_size = batch_size
+    method.configure_sampling(nfe=nfe, solver=solver)
+    return method, config
+
+
+def sample_with_noise(run_dir: str | Path, num: int, seed: int = 0, batch_size: int = 1000,
+                      checkpoint: str | Path | None = None, device: str = "cpu",
+                      nfe: int | None = None, solver: str | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples of an unconditional run with the noise each came from: the pairs a reflow
+    trains on (``method.options.couplings`` of a flow).
+
+    Returns:
+        (noise (num, latent_dim), samples (num, *sample_shape)), float32 on CPU: sample i is
+        what ``sample_from_run(run_dir, num, seed)`` draws as its row i, from noise row i (a
+        flow's x_0, flattened; zeros for a model sampled at z = 0).
+    """
+    method, config = _sampler(run_dir, checkpoint, device, batch_size, nfe, solver)
+    if method.cond_shape is not None:
+        raise ConfigError(f"{run_dir} is a conditional run (task {config.data.task!r}); pairs "
+                          f"of noise and samples are written for unconditional runs only")
+    noise = method.draw_latents(num, seed)
+    if method.samples_at_zero:
+        noise = torch.zeros_like(noise)
+    return noise.float().cpu(), method.sample(num, seed=seed).cpu()
+
+
+def initial_weights(source: str | Path) -> dict[str, torch.Tensor]:
+    """The generator weights ``model.init`` names: a run folder's newest complete checkpoint
+    (its EMA weights when the run keeps them, else its model weights) or a ``.safetensors``
+    file.
+
+    Raises:
+        ConfigError: the path is neither, or the run has no complete checkpoint.
+    """
+    path = Path(source)
+    if path.is_file() and path.suffix == ".safetensors":
+        return load_weights(path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.init={str(source)!r} is neither a run folder (with "
+                          f"config.json) nor a .safetensors file; give a trained run's folder")
+    need = weight_files(read_config(path))
+    folder = find_checkpoint(path / "checkpoints", need)
+    if folder is None:
+        raise ConfigError(f"model.init={str(source)!r}: the run has no complete checkpoint to "
+                          f"start from; train it first (imle train) or name another run")
+    stem = "ema" if "ema.safetensors" in need else "model"
+    return load_weights(folder / f"{stem}.safetensors")
+
+
 def load_method(run_dir: str | Path, checkpoint: str | Path | None = None,
                 device: str = "cpu") -> tuple[Method, TrainConfig]:
     """Rebuilds a run's method with trained weights (EMA weights too, when the run keeps them).
@@ -148,9 +201,7 @@ def sample_from_run(run_dir: str | Path, num: int, seed: int = 0, batch_size: in
         (samples float32 on CPU, the run's config as a dict): (num, *sample_shape), or
         (n, num, *sample_shape) for a conditional run.
     """
-    method, config = load_method(run_dir, checkpoint, device)
-    method.pool_batch_size = batch_size
-    method.configure_sampling(nfe=nfe, solver=solver)
+    method, config = _sampler(run_dir, checkpoint, device, batch_size, nfe, solver)
     if method.cond_shape is not None:
         if conditions is None:
             raise ConfigError(f"{run_dir} is a conditional run (task "

@@ -133,7 +133,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, list]:
     sample = sub.add_parser("sample", help="draw samples from a trained run")
     sample.add_argument("run", type=Path)
     sample.add_argument("--num", type=int, required=True)
-    sample.add_argument("--out", type=Path, required=True, help=".npy file (N, C, H, W) float32")
+    sample.add_argument("--out", type=Path, required=True,
+                        help=".npy file of the samples (N, *sample_shape) float32, images "
+                             "clipped to [0, 1]; or .npz with the samples as 'x' and the noise "
+                             "each came from as 'noise' (a flow's reflow couplings)")
     sample.add_argument("--grid", type=Path, help="also write a PNG grid of the first 64")
     sample.add_argument("--overwrite", action="store_true",
                         help="replace existing --out/--grid files (written atomically)")
@@ -324,14 +327,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from imle.fileio import atomic_path, check_writable
-    from imle.runs import resolve_device, sample_from_run
+    from imle.runs import resolve_device, sample_from_run, sample_with_noise
 
     if args.num < 1:
         raise ConfigError(f"--num must be >= 1, got {args.num}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.out.suffix != ".npy":
-        raise ConfigError(f"--out must be a .npy file, got {args.out}")
+    if args.out.suffix not in (".npy", ".npz"):
+        raise ConfigError(f"--out must be a .npy file (samples) or .npz (samples and their "
+                          f"noise), got {args.out}")
     resolve_device(args.device)
     check_writable(args.out, args.overwrite)
     if args.grid:
@@ -342,12 +346,28 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             conditions = torch.from_numpy(np.load(args.conditions, allow_pickle=False)).float()
         except (OSError, ValueError) as exc:
             raise DataError(f"{args.conditions}: cannot read as .npy ({exc})") from exc
-    samples, _ = sample_from_run(args.run, args.num, seed=args.seed, batch_size=args.batch_size,
-                                 checkpoint=args.checkpoint, device=args.device,
-                                 conditions=conditions, nfe=args.nfe, solver=args.solver)
+    common = {"seed": args.seed, "batch_size": args.batch_size, "checkpoint": args.checkpoint,
+              "device": args.device, "nfe": args.nfe, "solver": args.solver}
+    noise = None
+    if args.out.suffix == ".npz":
+        if conditions is not None:
+            raise ConfigError("--out .npz (samples with their noise) is for unconditional runs; "
+                              "use a .npy file with --conditions")
+        noise, samples = sample_with_noise(args.run, args.num, **common)
+    else:
+        samples, _ = sample_from_run(args.run, args.num, conditions=conditions, **common)
+    # Images (C, H, W) are clipped to the data's [0, 1]; vectors (2-D points, action chunks)
+    # have their own scale and are kept as they are.
+    image_dims = 3 + (conditions is not None)
+    out = samples.clamp(0, 1) if samples.ndim == image_dims + 1 else samples
     with atomic_path(args.out) as tmp:
-        np.save(tmp, samples.clamp(0, 1).numpy().astype(np.float32))
-    print(f"wrote {tuple(samples.shape)} float32 samples to {args.out}")
+        if noise is None:
+            np.save(tmp, out.numpy().astype(np.float32))
+        else:
+            np.savez(tmp, x=out.numpy().astype(np.float32),
+                     noise=noise.numpy().astype(np.float32))
+    print(f"wrote {tuple(samples.shape)} float32 samples to {args.out}"
+          + ("" if noise is None else f" with their noise {tuple(noise.shape)}"))
     if args.grid:
         from imle.plotting import save_grid
 

@@ -11,6 +11,13 @@ whose minimiser is the marginal velocity E[x_1 - x_0 | x_t]. Sampling integrates
 ``nfe`` network evaluations: Euler, or Heun's second-order method (`integrate`). Unlike IMLE and
 the GAN, a sample costs ``nfe`` forward passes, not one.
 
+Reflow (Liu et al. 2022, "rectified flow", section 2.3): with ``couplings`` set to an ``.npz`` of
+noise and the samples a trained flow integrated from that noise (``imle sample RUN --out
+pairs.npz``), training pairs each x_0 with its own x_1 instead of drawing them independently.
+The teacher's paths cross no more, so the new flow's paths are straighter and few-step (even
+one-step) Euler sampling loses less; starting it from the teacher's weights (``model.init``)
+is the usual practice.
+
 The "latent" of a flow is the starting noise x_0, so ``model.latent_dim`` is the number of
 values in a sample, and `Method.draw_latents` gives the same noise for a seed as every other
 method's sampling does.
@@ -18,15 +25,20 @@ method's sampling does.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
+import zipfile
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from imle.distances import check_options
-from imle.errors import ConfigError, ShapeError
+from imle.errors import ConfigError, DataError, ShapeError
 from imle.methods.base import Batch, Method, Step, register_method, subset_words
 from imle.nets import VELOCITY_NETS, auto_velocity_net, build_velocity_net
 
@@ -41,6 +53,7 @@ FLOW_OPTIONS: dict[str, Any] = {
     "nfe": 32,               # network evaluations per sample when sampling (imle sample --nfe)
     "solver": "euler",       # "euler" or "heun" (second order; see `integrate`)
     "time": "uniform",       # training times t: "uniform" on [0, 1] or "logit-normal" (SD3)
+    "couplings": "",         # reflow: .npz of (noise, x) pairs to train on (see `Couplings`)
 }
 
 
@@ -61,6 +74,80 @@ def check_sampler(nfe: Any, solver: Any) -> None:
                           f"{nfe!r}")
     if solver not in SOLVERS:
         raise ConfigError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
+
+
+class Couplings:
+    """Fixed (noise, sample) pairs for reflow, read from an ``.npz`` file.
+
+    The file holds ``noise`` (P, *sample_shape) or (P, prod(sample_shape)) -- the starting
+    points x_0 -- and ``x`` (P, *sample_shape), the endpoints the teacher reached from them;
+    ``imle sample RUN --out pairs.npz`` on a flow run writes exactly that. Row i of one
+    belongs to row i of the other.
+
+    Its state (the file's path, sha256 and rows) is saved with checkpoints, so a resume whose
+    file has changed stops instead of training on other pairs.
+
+    Args:
+        path: the ``.npz`` file.
+        sample_shape: the shape of one sample of the run.
+    """
+
+    def __init__(self, path: str, sample_shape: tuple[int, ...]) -> None:
+        self.path = str(path)
+        try:
+            raw = Path(self.path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"method option couplings={self.path!r}: cannot read the file "
+                              f"({exc}); write one with imle sample TEACHER_RUN --num N --out "
+                              f"pairs.npz") from exc
+        self.sha256 = hashlib.sha256(raw).hexdigest()
+        try:
+            # allow_pickle=False: an .npz with object arrays could run code on load.
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+                missing = [k for k in ("noise", "x") if k not in z.files]
+                if missing:
+                    raise DataError(f"{self.path}: couplings need arrays 'noise' and 'x' (the "
+                                    f"teacher's noise and its samples); missing {missing}, "
+                                    f"found {list(z.files)}")
+                noise, x = z["noise"], z["x"]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{self.path}: cannot read as .npz ({exc}); write it with imle "
+                            f"sample TEACHER_RUN --num N --out pairs.npz") from exc
+        shape, dims = tuple(sample_shape), math.prod(sample_shape)
+        if x.ndim < 1 or tuple(x.shape[1:]) != shape or x.shape[0] < 1:
+            raise ShapeError(f"{self.path}: 'x' must be (P, *{shape}) for this run's samples, "
+                             f"got {tuple(x.shape)}; sample the teacher on the same data")
+        if noise.shape[0] != x.shape[0] or math.prod(noise.shape[1:]) != dims:
+            raise ShapeError(f"{self.path}: 'noise' must have one row of {dims} numbers per "
+                             f"row of 'x' ({x.shape[0]}), got {tuple(noise.shape)}")
+        for name, arr in (("noise", noise), ("x", x)):
+            if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+                raise DataError(f"{self.path}: '{name}' must hold finite floats; sample the "
+                                f"teacher with more --nfe or --solver heun")
+        self.noise = torch.from_numpy(noise.astype(np.float32)).reshape(-1, *shape)
+        self.x = torch.from_numpy(x.astype(np.float32))
+
+    @property
+    def rows(self) -> int:
+        return self.x.shape[0]
+
+    def draw(self, n: int, noise: torch.Generator, part: slice, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_0, x_1) of ``n`` rows drawn uniformly with replacement from ``noise`` (the whole
+        batch's draw, so every process agrees), this process's ``part`` of them."""
+        rows = torch.randint(self.rows, (n,), generator=noise)[part]
+        return self.noise[rows].to(device), self.x[rows].to(device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "rows": self.rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Raises ConfigError if the run was trained on another couplings file's content."""
+        if state.get("sha256") not in (None, self.sha256):
+            raise ConfigError(f"couplings file {self.path} changed since the run was trained "
+                              f"on it (sha256 {state.get('sha256')}, {state.get('rows')} rows, "
+                              f"now {self.sha256}, {self.rows} rows); restore it or start a "
+                              f"new run")
 
 
 def integrate(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
@@ -137,6 +224,8 @@ class FlowMatching(Method):
         self.solver: str = o["solver"]
         self.time_sampling: str = o["time"]
         self.train_precision = train_precision
+        self.couplings = (Couplings(o["couplings"], self._sample_shape) if o["couplings"]
+                          else None)
 
     # ------------------------------------------------------------------ building from a config
     @classmethod
@@ -180,9 +269,15 @@ class FlowMatching(Method):
                    ema_decay=config.optim.ema_decay, pool_batch_size=m.pool_batch_size,
                    pool_precision=m.pool_precision, train_precision=m.train_precision)
 
+    def pieces(self) -> dict[str, Any]:
+        return {} if self.couplings is None else {"couplings": self.couplings}
+
     def describe(self, subset_size: int, num_examples: int, steps_per_outer: int) -> str:
+        pairs = ("; reflow: trains on the " + f"{self.couplings.rows:,} (noise, sample) pairs "
+                 f"of {self.couplings.path}, the data's examples set the epochs only"
+                 if self.couplings is not None else "")
         return (f"flow matching (rectified flow; {subset_words(subset_size, num_examples)} "
-                f"examples per outer iteration, {steps_per_outer} steps each; t "
+                f"examples per outer iteration, {steps_per_outer} steps each{pairs}; t "
                 f"{self.time_sampling}; samples by {self.solver} with {self.nfe} network "
                 f"evaluations)")
 
@@ -195,10 +290,16 @@ class FlowMatching(Method):
     def loss(self, batch: Batch, step: Step, state: dict[str, Any]
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean squared error of v(x_t, t) against x_1 - x_0 (mean over the batch and the
-        sample's numbers) with x_0 and t drawn for the whole batch (this process's rows)."""
+        sample's numbers) with x_0 and t drawn for the whole batch (this process's rows).
+
+        With couplings (reflow), (x_0, x_1) are rows of the couplings file instead of fresh
+        noise and the batch's examples."""
         n = batch.positions.numel()
-        x1 = batch.x.float()
-        x0 = torch.randn((n, *self.sample_shape), generator=step.noise)[batch.part]
+        if self.couplings is not None:
+            x0, x1 = self.couplings.draw(n, step.noise, batch.part, batch.x.device)
+        else:
+            x1 = batch.x.float()
+            x0 = torch.randn((n, *self.sample_shape), generator=step.noise)[batch.part]
         t = self._times(n, step.noise)[batch.part]
         x0, t = x0.to(x1.device), t.to(x1.device)
         tb = t.view(-1, *([1] * (x1.ndim - 1)))

@@ -29,7 +29,7 @@ from imle.errors import ConfigError, DataError
 from imle.methods import Batch, Outer, Step, mix_seed
 from imle.plotting import save_grid
 from imle.progress import Progress
-from imle.runs import build_method, resolve_device, weight_files
+from imle.runs import build_method, initial_weights, resolve_device, weight_files
 from imle.training import clocks, resuming
 from imle.training.run_folder import RunFolder, run_lock
 from imle.training.state import LoopState
@@ -55,6 +55,8 @@ class Trainer:
             registry in `imle.nets` (custom modules must be passed again on resume).
         conditions: (N, *cond_shape) conditions of a conditional run (``data.task`` set), one
             per example of ``data``; derived from config.data when ``data`` is None.
+        init_weights: start from ``model.init``'s weights when it names some (`resume`
+            passes False when a checkpoint's weights will replace them).
 
     Use `Trainer.resume(run_dir)` to continue a run from its newest checkpoint.
 
@@ -67,7 +69,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: str | Path,
                  data: torch.Tensor | None = None,
                  generator: torch.nn.Module | None = None,
-                 conditions: torch.Tensor | None = None) -> None:
+                 conditions: torch.Tensor | None = None, init_weights: bool = True) -> None:
         self.config = config.validate()
         self.run_dir = Path(run_dir)
         self.device = dist.setup(resolve_device(config.device))
@@ -94,6 +96,15 @@ class Trainer:
         self.method = build_method(config, tuple(self.data.shape[1:]), self.device, generator,
                                    cond_shape)
         self.method.check_data_shape(self.data)
+        if config.model.init and init_weights:
+            weights = initial_weights(config.model.init)
+            try:
+                self.method.load_weights({"model": weights, "ema": weights})
+            except RuntimeError as exc:
+                raise ConfigError(
+                    f"model.init={config.model.init!r} holds another network than this run's "
+                    f"{config.model.type} ({str(exc).splitlines()[0]}); use the run's model.type, "
+                    f"width and latent_dim") from exc
         o = config.optim
         opt_cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.method.trainable_parameters(), lr=o.lr,
@@ -149,7 +160,8 @@ class Trainer:
         kind = self.derived.get("model.type")
         lines = {"data": data,
                  "generator": f"{c.model.type}" + (f" (auto: {kind[1]})" if kind else "")
-                              + f", latent {c.model.latent_dim}, {params:,} parameters",
+                              + f", latent {c.model.latent_dim}, {params:,} parameters"
+                              + (f", starting from {c.model.init}" if c.model.init else ""),
                  "method": self.method.describe(self.subset_size, n, self.steps_per_outer)}
         derived = [f"{field} {value} ({why})" for field, (value, why) in self.derived.items()
                    if field != "model.type"]  # all saved in config.json
@@ -516,7 +528,7 @@ class Trainer:
                        if v is not None}
             config = replace(stored, **updates) if updates else stored
             trainer = cls(config, run_dir, data=data, generator=generator,
-                          conditions=conditions)
+                          conditions=conditions, init_weights=folder is None)
             trainer.folder.lock, trainer.folder.resuming = lock, True
             if folder is not None:
                 resuming.load_checkpoint(trainer, folder)
