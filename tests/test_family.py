@@ -213,6 +213,24 @@ def test_lp_loss_known_values_and_its_minimiser_is_the_majority_value():
         torch.testing.assert_close(out.detach(), torch.full((1, 4), want), atol=0.02, rtol=0)
 
 
+def test_classifier_l1_loss_is_weighted_features_plus_pixel_l1():
+    torch.manual_seed(6)
+    both = build_distance("classifier+l1", {"feature_weight": 0.5})
+    feats = build_distance("classifier")
+    for d in (both, feats):
+        d.setup((1, 28, 28))
+    x, y = torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28, requires_grad=True)
+    want = 0.5 * feats.pair(x, y) + (y - x).abs().flatten(1).sum(1)
+    got = both.pair(x, y)
+    torch.testing.assert_close(got, want)
+    got.sum().backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="training loss only"):
+        both.features(x)
+    method = imle.IMLE(mlp(4, 784), 4, distance="l2", loss="classifier+l1")
+    assert method.loss_distance.name == "classifier+l1"
+
+
 def test_a_loss_only_distance_cannot_be_the_matching_distance():
     with pytest.raises(ConfigError, match="method.loss='lp'"):
         imle.IMLE(mlp(4, 4), 4, distance="lp")
