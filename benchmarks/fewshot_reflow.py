@@ -58,11 +58,13 @@ def draw_pairs(teacher: Path, out: Path, num: int) -> float:
         return json.loads(record.read_text())["cpu_s"]
     cmd = [sys.executable, "-m", "imle", "sample", str(teacher), "--num", str(num), "--nfe",
            "32", "--solver", "euler", "--out", str(out), "--overwrite"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    log = out.with_suffix(".log")
+    with open(log, "w") as err:  # a file, not a pipe: wait4 must not wait on a full pipe
+        proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
-        raise SystemExit(f"[{teacher}] sampling pairs failed: {proc.stderr.read().decode()}")
+        raise SystemExit(f"[{teacher}] sampling pairs failed: {log.read_text()[-3000:]}")
     cpu_s = usage.ru_utime + usage.ru_stime
     record.write_text(json.dumps({"cpu_s": cpu_s, "pairs": num, "teacher": str(teacher)}))
     return cpu_s

@@ -314,7 +314,7 @@ def test_reflow_trains_on_each_noise_with_its_own_endpoint(tmp_path):
     images = torch.rand(10, 1, 2, 2)
     flat = FlowMatching(VelocityMLP((1, 2, 2)), (1, 2, 2), options={
         "couplings": _write_couplings(tmp_path / "flat.npz", torch.randn(10, 4), images)})
-    assert flat.couplings is not None and flat.couplings.noise.shape == (10, 1, 2, 2)
+    assert flat.couplings is not None and flat.couplings.load()[0].shape == (10, 1, 2, 2)
 
 
 def test_reflow_from_a_teacher_run_samples_in_one_step(tmp_path):
@@ -350,30 +350,43 @@ def test_reflow_from_a_teacher_run_samples_in_one_step(tmp_path):
         return float((method.generate(fresh, module=method.ema) - target).norm(dim=1).mean())
 
     assert one_step_error(student.method) < 0.4 * one_step_error(teacher)
+    # Sampling the finished student needs neither its pairs nor its teacher.
+    pairs.unlink()
+    assert imle.sample_from_run(tmp_path / "student", 5, nfe=1)[0].shape == (5, 3)
+
+
+def _pairs_of(path, dims: int = 3):
+    """The couplings a flow built with ``path`` reads (`Couplings.load`)."""
+    flow = FlowMatching(VelocityMLP((dims,)), (dims,), options={"couplings": str(path)})
+    assert flow.couplings is not None
+    return flow.couplings.load()
 
 
 def test_reflow_and_init_errors_name_the_fix(tmp_path):
     x = torch.randn(20, 3)
     with pytest.raises(ConfigError, match="imle sample"):
-        FlowMatching(VelocityMLP((3,)), (3,), options={"couplings": str(tmp_path / "no.npz")})
+        _pairs_of(tmp_path / "no.npz")
     np.savez(tmp_path / "keys.npz", samples=x.numpy())
     with pytest.raises(DataError, match="'noise' and 'x'"):
-        FlowMatching(VelocityMLP((3,)), (3,), options={"couplings": str(tmp_path / "keys.npz")})
+        _pairs_of(tmp_path / "keys.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="cannot read"):
-        FlowMatching(VelocityMLP((3,)), (3,), options={"couplings": str(tmp_path / "junk.npz")})
+        _pairs_of(tmp_path / "junk.npz")
     with pytest.raises(ShapeError, match="same data"):
-        FlowMatching(VelocityMLP((4,)), (4,), options={
-            "couplings": _write_couplings(tmp_path / "shape.npz", x, x)})
+        _pairs_of(_write_couplings(tmp_path / "shape.npz", x, x), dims=4)
     with pytest.raises(ShapeError, match="one row of 3 numbers"):
-        FlowMatching(VelocityMLP((3,)), (3,), options={
-            "couplings": _write_couplings(tmp_path / "rows.npz", x[:5], x)})
+        _pairs_of(_write_couplings(tmp_path / "rows.npz", x[:5], x))
     bad = x.clone()
     bad[3, 1] = float("nan")
     with pytest.raises(DataError, match="finite"):
-        FlowMatching(VelocityMLP((3,)), (3,), options={
-            "couplings": _write_couplings(tmp_path / "nan.npz", x, bad)})
+        _pairs_of(_write_couplings(tmp_path / "nan.npz", x, bad))
+    # A run stops on a bad file before its first step.
     data = _gaussian_data(50)
+    trainer = imle.Trainer(_flow_config(**{"method.options": {
+        "couplings": str(tmp_path / "junk.npz")}}), tmp_path / "junk-run", data=data)
+    with pytest.raises(DataError, match="cannot read"):
+        trainer.train()
+    assert trainer.step == 0
     with pytest.raises(ConfigError, match="neither a run folder"):
         imle.Trainer(_flow_config(**{"model.init": str(tmp_path / "nowhere")}),
                      tmp_path / "a", data=data)

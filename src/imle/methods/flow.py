@@ -39,7 +39,7 @@ from torch import nn
 
 from imle.distances import check_options
 from imle.errors import ConfigError, DataError, ShapeError
-from imle.methods.base import Batch, Method, Step, register_method, subset_words
+from imle.methods.base import Batch, Method, Outer, Step, register_method, subset_words
 from imle.nets import VELOCITY_NETS, auto_velocity_net, build_velocity_net
 
 if TYPE_CHECKING:
@@ -85,7 +85,8 @@ class Couplings:
     belongs to row i of the other.
 
     Its state (the file's path, sha256 and rows) is saved with checkpoints, so a resume whose
-    file has changed stops instead of training on other pairs.
+    file has changed stops instead of training on other pairs. The file is read when training
+    first needs it (`load`), so sampling a finished run does not need it.
 
     Args:
         path: the ``.npz`` file.
@@ -94,13 +95,28 @@ class Couplings:
 
     def __init__(self, path: str, sample_shape: tuple[int, ...]) -> None:
         self.path = str(path)
+        self.sample_shape = tuple(sample_shape)
+        self._pairs: tuple[torch.Tensor, torch.Tensor, str] | None = None
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """(noise (P, *sample_shape), x (P, *sample_shape), the file's sha256), read once.
+
+        Raises:
+            ConfigError: the file cannot be read. DataError, ShapeError: its arrays are missing,
+                of the wrong shape or not finite.
+        """
+        if self._pairs is None:
+            self._pairs = self._read()
+        return self._pairs
+
+    def _read(self) -> tuple[torch.Tensor, torch.Tensor, str]:
         try:
             raw = Path(self.path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"method option couplings={self.path!r}: cannot read the file "
                               f"({exc}); write one with imle sample TEACHER_RUN --num N --out "
                               f"pairs.npz") from exc
-        self.sha256 = hashlib.sha256(raw).hexdigest()
+        sha256 = hashlib.sha256(raw).hexdigest()
         try:
             # allow_pickle=False: an .npz with object arrays could run code on load.
             with np.load(io.BytesIO(raw), allow_pickle=False) as z:
@@ -113,7 +129,7 @@ class Couplings:
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise DataError(f"{self.path}: cannot read as .npz ({exc}); write it with imle "
                             f"sample TEACHER_RUN --num N --out pairs.npz") from exc
-        shape, dims = tuple(sample_shape), math.prod(sample_shape)
+        shape, dims = self.sample_shape, math.prod(self.sample_shape)
         if x.ndim < 1 or tuple(x.shape[1:]) != shape or x.shape[0] < 1:
             raise ShapeError(f"{self.path}: 'x' must be (P, *{shape}) for this run's samples, "
                              f"got {tuple(x.shape)}; sample the teacher on the same data")
@@ -124,30 +140,31 @@ class Couplings:
             if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
                 raise DataError(f"{self.path}: '{name}' must hold finite floats; sample the "
                                 f"teacher with more --nfe or --solver heun")
-        self.noise = torch.from_numpy(noise.astype(np.float32)).reshape(-1, *shape)
-        self.x = torch.from_numpy(x.astype(np.float32))
+        return (torch.from_numpy(noise.astype(np.float32)).reshape(-1, *shape),
+                torch.from_numpy(x.astype(np.float32)), sha256)
 
     @property
     def rows(self) -> int:
-        return self.x.shape[0]
+        return self.load()[1].shape[0]
 
     def draw(self, n: int, noise: torch.Generator, part: slice, device: torch.device
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_0, x_1) of ``n`` rows drawn uniformly with replacement from ``noise`` (the whole
         batch's draw, so every process agrees), this process's ``part`` of them."""
-        rows = torch.randint(self.rows, (n,), generator=noise)[part]
-        return self.noise[rows].to(device), self.x[rows].to(device)
+        x0, x1, _ = self.load()
+        rows = torch.randint(x1.shape[0], (n,), generator=noise)[part]
+        return x0[rows].to(device), x1[rows].to(device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "rows": self.rows}
+        return {"path": self.path, "sha256": self.load()[2], "rows": self.rows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Raises ConfigError if the run was trained on another couplings file's content."""
-        if state.get("sha256") not in (None, self.sha256):
+        sha256 = self.load()[2]
+        if state.get("sha256") not in (None, sha256):
             raise ConfigError(f"couplings file {self.path} changed since the run was trained "
                               f"on it (sha256 {state.get('sha256')}, {state.get('rows')} rows, "
-                              f"now {self.sha256}, {self.rows} rows); restore it or start a "
-                              f"new run")
+                              f"now {sha256}, {self.rows} rows); restore it or start a new run")
 
 
 def integrate(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
@@ -271,6 +288,11 @@ class FlowMatching(Method):
 
     def pieces(self) -> dict[str, Any]:
         return {} if self.couplings is None else {"couplings": self.couplings}
+
+    def prepare_outer(self, outer: Outer) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self.couplings is not None:
+            self.couplings.load()  # a bad file stops the run before its first step
+        return {}, {}
 
     def describe(self, subset_size: int, num_examples: int, steps_per_outer: int) -> str:
         pairs = ("; reflow: trains on the " + f"{self.couplings.rows:,} (noise, sample) pairs "
