@@ -626,3 +626,22 @@ def test_validate_images() -> None:
         validate_images(torch.rand(3, 4, 4), "x")
     with pytest.raises(DataError, match="uint8"):
         validate_images(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), "x")
+
+
+def test_npz_rows_are_read_checked_and_never_unpickled(tmp_path):
+    from imle.data.tasks import load_pairs
+
+    path = tmp_path / "p.npz"
+    np.savez(path, c=np.eye(3)[[0, 1, 2, 0]], x=np.random.rand(4, 2))
+    c, x = load_pairs(path)
+    assert c.shape == (4, 3) and x.shape == (4, 2) and x.dtype == torch.float32
+    cases = [({"x": np.zeros((4, 2))}, r"missing \['c'\], found \['x'\]"),
+             ({"c": np.zeros((3, 2)), "x": np.zeros((4, 2))}, "same number of rows"),
+             ({"c": np.zeros((4, 2)), "x": np.full((4, 2), np.nan)}, "'x' has NaN"),
+             ({"c": np.array(["a"] * 4), "x": np.zeros((4, 2))}, "not numbers"),
+             ({"c": np.array([{}] * 4, dtype=object), "x": np.zeros((4, 2))},
+              "cannot read as .npz")]
+    for arrays, message in cases:
+        np.savez(path, **arrays)
+        with pytest.raises(DataError, match=message):
+            load_pairs(path)

@@ -374,8 +374,10 @@ def test_reflow_and_init_errors_name_the_fix(tmp_path):
         _pairs_of(tmp_path / "junk.npz")
     with pytest.raises(ShapeError, match="same data"):
         _pairs_of(_write_couplings(tmp_path / "shape.npz", x, x), dims=4)
-    with pytest.raises(ShapeError, match="one row of 3 numbers"):
+    with pytest.raises(DataError, match="same number of rows"):
         _pairs_of(_write_couplings(tmp_path / "rows.npz", x[:5], x))
+    with pytest.raises(ShapeError, match="one row of 3 numbers"):
+        _pairs_of(_write_couplings(tmp_path / "width.npz", torch.randn(20, 4), x))
     bad = x.clone()
     bad[3, 1] = float("nan")
     with pytest.raises(DataError, match="finite"):

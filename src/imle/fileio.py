@@ -11,10 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
-from imle.errors import ConfigError
+import numpy as np
+
+from imle.errors import ConfigError, DataError
 
 _TMP = re.compile(r"^\..+\.tmp-(\d+)(\.[A-Za-z0-9]+)?$")
 
@@ -80,3 +84,37 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Writes ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode())
+
+
+def read_npz_rows(source: str | Path | IO[bytes], keys: Sequence[str], name: str,
+                  needs: str) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` (a path or an open binary file) as float32, checked to
+    have the same number of rows (>= 1) and only finite values; never unpickles.
+
+    Args:
+        name: the file's name for messages.
+        needs: what the arrays are, e.g. "arrays 'c' (conditions) and 'x' (targets)".
+
+    Raises:
+        DataError: naming the file and the problem: unreadable, an array missing, not numbers,
+            different row counts, NaN or infinite values.
+    """
+    try:
+        # allow_pickle=False: an .npz with object arrays could run code on load.
+        with np.load(source, allow_pickle=False) as z:
+            found = list(z.files)
+            arrays = {k: z[k] for k in keys if k in found}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{name}: cannot read as .npz ({exc})") from exc
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise DataError(f"{name}: needs {needs}; missing {missing}, found {found}")
+    rows = {k: a.shape[0] if a.ndim else 0 for k, a in arrays.items()}
+    if len(set(rows.values())) != 1 or min(rows.values()) < 1:
+        raise DataError(f"{name}: {needs} must have the same number of rows (>= 1); got {rows}")
+    for k, a in arrays.items():
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise DataError(f"{name}: array '{k}' holds {a.dtype}, not numbers")
+        if not np.isfinite(a).all():
+            raise DataError(f"{name}: array '{k}' has NaN or infinite values")
+    return {k: a.astype(np.float32) for k, a in arrays.items()}

@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from imle.errors import DataError
+from imle.fileio import read_npz_rows
 
 TASK_PATTERN = re.compile(r"^(superres:[1-9][0-9]*|inpaint:(top|bottom|left|right)|class|pairs)$")
 
@@ -81,18 +81,6 @@ def make_task(task: str, x: torch.Tensor, labels: torch.Tensor | None = None,
 
 def load_pairs(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(conditions, targets) from a ``.npz`` with arrays ``c`` and ``x`` of equal length."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            c, x = f["c"], f["x"]
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read as .npz ({exc})") from exc
-    except KeyError as exc:
-        raise DataError(f"{path}: task 'pairs' needs arrays 'c' (conditions) and 'x' "
-                        f"(targets)") from exc
-    if c.shape[0] != x.shape[0]:
-        raise DataError(f"{path}: {c.shape[0]} conditions but {x.shape[0]} targets")
-    c, x = torch.from_numpy(c).float(), torch.from_numpy(x).float()
-    if not (torch.isfinite(c).all() and torch.isfinite(x).all()):
-        raise DataError(f"{path} contains NaN or infinite values")
-    return c, x
+    a = read_npz_rows(path, ("c", "x"), str(path),
+                      "task 'pairs' arrays 'c' (conditions) and 'x' (targets)")
+    return torch.from_numpy(a["c"]), torch.from_numpy(a["x"])

@@ -28,17 +28,16 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import zipfile
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from imle.distances import check_options
-from imle.errors import ConfigError, DataError, ShapeError
+from imle.errors import ConfigError, ShapeError
+from imle.fileio import read_npz_rows
 from imle.methods.base import Batch, Method, Outer, Step, register_method, subset_words
 from imle.nets import VELOCITY_NETS, auto_velocity_net, build_velocity_net
 
@@ -116,32 +115,19 @@ class Couplings:
             raise ConfigError(f"method option couplings={self.path!r}: cannot read the file "
                               f"({exc}); write one with imle sample TEACHER_RUN --num N --out "
                               f"pairs.npz") from exc
-        sha256 = hashlib.sha256(raw).hexdigest()
-        try:
-            # allow_pickle=False: an .npz with object arrays could run code on load.
-            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-                missing = [k for k in ("noise", "x") if k not in z.files]
-                if missing:
-                    raise DataError(f"{self.path}: couplings need arrays 'noise' and 'x' (the "
-                                    f"teacher's noise and its samples); missing {missing}, "
-                                    f"found {list(z.files)}")
-                noise, x = z["noise"], z["x"]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{self.path}: cannot read as .npz ({exc}); write it with imle "
-                            f"sample TEACHER_RUN --num N --out pairs.npz") from exc
+        a = read_npz_rows(io.BytesIO(raw), ("noise", "x"), self.path,
+                          "arrays 'noise' and 'x' (the teacher's noise and its samples, "
+                          "from imle sample TEACHER_RUN --num N --out pairs.npz)")
+        noise, x = a["noise"], a["x"]
         shape, dims = self.sample_shape, math.prod(self.sample_shape)
-        if x.ndim < 1 or tuple(x.shape[1:]) != shape or x.shape[0] < 1:
+        if tuple(x.shape[1:]) != shape:
             raise ShapeError(f"{self.path}: 'x' must be (P, *{shape}) for this run's samples, "
                              f"got {tuple(x.shape)}; sample the teacher on the same data")
-        if noise.shape[0] != x.shape[0] or math.prod(noise.shape[1:]) != dims:
+        if math.prod(noise.shape[1:]) != dims:
             raise ShapeError(f"{self.path}: 'noise' must have one row of {dims} numbers per "
-                             f"row of 'x' ({x.shape[0]}), got {tuple(noise.shape)}")
-        for name, arr in (("noise", noise), ("x", x)):
-            if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
-                raise DataError(f"{self.path}: '{name}' must hold finite floats; sample the "
-                                f"teacher with more --nfe or --solver heun")
-        return (torch.from_numpy(noise.astype(np.float32)).reshape(-1, *shape),
-                torch.from_numpy(x.astype(np.float32)), sha256)
+                             f"row of 'x', got {tuple(noise.shape)}")
+        return (torch.from_numpy(noise).reshape(-1, *shape), torch.from_numpy(x),
+                hashlib.sha256(raw).hexdigest())
 
     @property
     def rows(self) -> int:
