@@ -12,6 +12,9 @@ coverage. No model here was trained or tuned in that network: the GAN and IMLE w
     python benchmarks/sharpness.py --budgets 30 --models gan,default --parallel 2 \
         --out docs/results/sharpness-2026-12-06 --work bench/sharpness-runs
 
+``--models encoder --encoder PATH`` adds IMLE's default with the label-free perceptual loss
+(``encoder+l1`` in the autoencoder PATH written by ``imle train-encoder``, ``--feature-weight``).
+
 Writes OUT/results.jsonl (one line per run, appended), OUT/table.md and OUT/curves.png
 (FID, recall and coverage against CPU-minutes, mean over seeds). With ``--summarize`` it only
 rebuilds the table and figure from OUT/results.jsonl.
@@ -36,10 +39,12 @@ MODELS = {
     "GAN preset": ["--preset", "gan"],
     "IMLE, squared L2 loss (earlier default)": ["method.loss=null"],
     "IMLE default": [],
+    # Its arguments name the autoencoder file: set from --encoder in main().
+    "IMLE + label-free perceptual loss": [],
 }
 #: ``--models`` names.
 SHORT = {"gan": "GAN preset", "l2": "IMLE, squared L2 loss (earlier default)",
-         "default": "IMLE default"}
+         "default": "IMLE default", "encoder": "IMLE + label-free perceptual loss"}
 EXTRACTOR = "mnist-avgcnn"
 
 
@@ -142,9 +147,20 @@ def main() -> None:
                     help="where the run folders go (not kept with the results)")
     ap.add_argument("--models", default=",".join(SHORT),
                     help="which models, comma-separated: " + ", ".join(SHORT))
+    ap.add_argument("--encoder", default=None,
+                    help="autoencoder (imle train-encoder) of the 'encoder' model: the default "
+                         "plus the encoder+l1 loss")
+    ap.add_argument("--feature-weight", type=float, default=170.0,
+                    help="the 'encoder' model's feature_weight")
     ap.add_argument("--summarize", action="store_true")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    if "encoder" in a.models.split(",") and not a.summarize:
+        if not a.encoder:
+            sys.exit("--models encoder needs --encoder PATH (from imle train-encoder)")
+        options = {"network": a.encoder, "feature_weight": a.feature_weight}
+        MODELS[SHORT["encoder"]] = ['method.loss="encoder+l1"',
+                                    f"method.loss_options={json.dumps(options)}"]
     if not a.summarize:
         run_all(a.budgets, a.seeds, a.seeds_up_to, a.out, a.work, a.parallel,
                 [SHORT[m] for m in a.models.split(",")])

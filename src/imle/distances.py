@@ -352,15 +352,35 @@ class ClassifierL2Distance(ClassifierDistance):
     OPTIONS: ClassVar[dict[str, Any]] = {"network": "mnist-cnn", "l2_weight": 1.0}
 
 
-@register_distance("classifier+l1")
-class ClassifierL1Distance(ClassifierDistance):
-    """A training loss: feature_weight * the squared distance between a classifier's
-    penultimate features, plus the summed absolute pixel difference (L1, not squared).
+class _FeaturesPlusL1(_NetworkDistance):
+    """A training loss only: feature_weight * a network distance (without its pixel term) plus
+    the summed absolute pixel difference (L1, not squared). Matching uses another distance.
 
     The L1 term keeps strokes sharp (it pulls toward the per-pixel median of the examples a
-    latent meets); the feature term asks the sample to be read as the same thing as its example.
-    A loss only: matching uses another distance (``method.distance`` "l2"). A model trained
-    with it must be scored in another network than ``network``.
+    latent meets); the feature term asks the sample to look like its example as the network
+    sees it.
+    """
+
+    metric = "none"
+    loss_only: ClassVar[bool] = True
+
+    def _l2_weight(self) -> float:
+        return 0.0
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(f"distance {self.name!r} is a training loss only (method.loss); "
+                          "match with method.distance 'l2' or another searchable distance")
+
+    def pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pixel = (y.float() - x.float()).abs().flatten(1).sum(1)
+        return self.options["feature_weight"] * super().pair(x, y) + pixel
+
+
+@register_distance("classifier+l1")
+class ClassifierL1Distance(_FeaturesPlusL1, ClassifierDistance):
+    """A training loss: feature_weight * the squared distance between a classifier's
+    penultimate features, plus the summed pixel L1 (`_FeaturesPlusL1`). A model trained with it
+    must be scored in another network than ``network``.
 
     Options:
         network: as `ClassifierDistance`.
@@ -369,19 +389,65 @@ class ClassifierL1Distance(ClassifierDistance):
     """
 
     OPTIONS: ClassVar[dict[str, Any]] = {"network": "mnist-cnn", "feature_weight": 1.0}
-    metric = "none"
-    loss_only: ClassVar[bool] = True
 
-    def _l2_weight(self) -> float:
-        return 0.0
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("distance 'classifier+l1' is a training loss only (method.loss); "
-                          "match with method.distance 'l2' or 'classifier'")
+@register_distance("encoder")
+class EncoderDistance(ClassifierDistance):
+    """A label-free perceptual distance: LPIPS's form in a `ConvAutoEncoder` trained here on
+    the training images without labels (``imle train-encoder``), optionally plus pixel L2.
 
-    def pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pixel = (y.float() - x.float()).abs().flatten(1).sum(1)
-        return self.options["feature_weight"] * super().pair(x, y) + pixel
+    pair(x, y) = sum over the chosen stages l of mean_{h,w} ||n_l(x) - n_l(y)||^2 (activations
+    normalised to unit length over channels, equal stage weights; each stage's term in [0, 4])
+    + l2_weight * squared pixel L2. It is the **squared** Euclidean distance between
+    ``features`` (exact).
+
+    Options:
+        network: path of the autoencoder's ``.safetensors`` (required).
+        stages: which encoder stages to compare (1: 28×28, 2: 14×14, 3: 7×7).
+        l2_weight: weight of the squared pixel L2 term.
+    """
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"network": "", "stages": [1, 2, 3], "l2_weight": 0.0}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        stages = self.options["stages"]
+        if (not stages or len(set(stages)) != len(stages)
+                or any(not isinstance(s, int) or isinstance(s, bool) or s not in (1, 2, 3)
+                       for s in stages)):
+            raise ConfigError(f"distance {self.name!r} option stages={stages!r} must be a list "
+                              "of distinct stage numbers among 1, 2, 3")
+
+    def setup(self, sample_shape: tuple[int, ...], device: torch.device | str = "cpu") -> None:
+        if not self.options["network"]:
+            raise ConfigError(
+                f"distance {self.name!r} needs an autoencoder: train one with `imle "
+                "train-encoder --data mnist --out ae.safetensors` and pass "
+                "'{\"network\": \"ae.safetensors\"}' as its options")
+        super().setup(sample_shape, device)
+        if not hasattr(self.net, "perceptual_embedding"):
+            raise ConfigError(
+                f"distance {self.name!r}: {self.options['network']} is not an autoencoder "
+                "(write one with `imle train-encoder`; classifiers go with 'classifier')")
+
+    def _net_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.net is None:
+            raise ConfigError(f"call setup() before using the {self.name!r} distance")
+        return self.net.perceptual_embedding(x, self.options["stages"])
+
+
+@register_distance("encoder+l1")
+class EncoderL1Distance(_FeaturesPlusL1, EncoderDistance):
+    """A training loss: feature_weight * `EncoderDistance` (no pixel L2) plus the summed pixel
+    L1 (`_FeaturesPlusL1`).
+
+    Options:
+        network, stages: as `EncoderDistance`.
+        feature_weight: weight of the perceptual term.
+    """
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"network": "", "stages": [1, 2, 3],
+                                         "feature_weight": 10.0}
 
 
 @register_distance("lpips")

@@ -1,4 +1,4 @@
-"""``imle eval`` and ``imle train-classifier``.
+"""``imle eval``, ``imle train-classifier`` and ``imle train-encoder``.
 
 ``imle eval RUN`` draws samples from a training run (through ``imle.runs.sample_from_run``),
 scores them with :func:`imle.metrics.evaluate`, prints a table and writes ``RUN/eval.json``.
@@ -6,7 +6,8 @@ scores them with :func:`imle.metrics.evaluate`, prints a table and writes ``RUN/
 writes ``{"metrics": {...}, "settings": {...}}`` there as well.
 
 ``imle train-classifier --data mnist --out PATH --seed 0`` trains the feature-extractor CNN whose
-weights ship in ``imle/metrics/weights/``.
+weights ship in ``imle/metrics/weights/``. ``imle train-encoder --data mnist --out PATH`` trains
+the label-free autoencoder that the ``encoder`` distances load.
 
 :func:`register` adds both subcommands to the main ``imle`` parser; :func:`main` runs them
 standalone (``python -m imle.cli.eval eval ...``).
@@ -99,13 +100,37 @@ def _add_train_classifier(sub) -> None:
     p.set_defaults(func=run_train_classifier)
 
 
+def _add_train_encoder(sub) -> None:
+    p = sub.add_parser(
+        "train-encoder", help="train a label-free autoencoder for the 'encoder' distances",
+        description="Train a convolutional autoencoder on a data set's training images alone "
+                    "(no labels) for the label-free perceptual distances 'encoder' and "
+                    "'encoder+l1'; writes safetensors weights and a JSON record (sha256, "
+                    "reconstruction error, seed, command).")
+    p.add_argument("--data", default="mnist", help="mnist or fashion-mnist")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--width", type=int, default=16, help="first-stage channels")
+    p.add_argument("--code", type=int, default=32, help="code size")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; the weights are bit-reproducible for a fixed seed and "
+                        "thread count")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=run_train_encoder)
+
+
 def register(subparsers) -> None:
-    """Adds the ``eval`` and ``train-classifier`` subcommands to an argparse subparsers object.
+    """Adds the ``eval``, ``train-classifier`` and ``train-encoder`` subcommands to an argparse
+    subparsers object.
 
     Each sets ``func`` to a handler ``handler(args) -> int`` (the exit code).
     """
     _add_eval(subparsers)
     _add_train_classifier(subparsers)
+    _add_train_encoder(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,8 +357,47 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_encoder(args: argparse.Namespace) -> int:
+    """Handler of ``imle train-encoder``: trains on the training split's images, never labels."""
+    import torch
+
+    from imle.data import load_dataset
+    from imle.metrics.features import reconstruction_error, save_classifier, train_autoencoder
+
+    if args.data not in ("mnist", "fashion-mnist"):
+        raise ConfigError(f"--data must be mnist or fashion-mnist; got {args.data!r}")
+    if args.threads < 1:
+        raise ConfigError("--threads must be ≥ 1")
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        t0 = time.perf_counter()
+        train = load_dataset(args.data, "train", args.data_dir)
+        val = load_dataset(args.data, "val", args.data_dir)
+        model = train_autoencoder(train.x, seed=args.seed, epochs=args.epochs,
+                                  batch_size=args.batch_size, lr=args.lr, width=args.width,
+                                  num_features=args.code, log=lambda m: print(m, flush=True))
+        seconds = time.perf_counter() - t0
+        val_mse = reconstruction_error(model, val.x)
+    finally:
+        torch.set_num_threads(prev_threads)
+    command = (f"imle train-encoder --data {args.data} --out {shlex.quote(args.out)} "
+               f"--seed {args.seed} --epochs {args.epochs} --batch-size {args.batch_size} "
+               f"--lr {args.lr} --width {args.width} --code {args.code} "
+               f"--threads {args.threads}")
+    digest = save_classifier(model, args.out, {
+        "data": args.data, "train_split": "train", "labels_used": False, "seed": args.seed,
+        "epochs": args.epochs, "arch": "ConvAutoEncoder", "val_mse_per_pixel": val_mse,
+        "train_seconds": round(seconds, 1), "threads": args.threads,
+        "torch": torch.__version__, "command": command})
+    print(f"{args.data}: validation reconstruction MSE {val_mse:.5f} per pixel "
+          f"({seconds:.0f} s)\nwrote {args.out} (sha256 {digest})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Runs ``eval`` or ``train-classifier`` from a standalone parser; returns the exit code.
+    """Runs ``eval``, ``train-classifier`` or ``train-encoder`` from a standalone parser;
+    returns the exit code.
 
     Errors of this package (bad options, too few samples, missing data) are printed as one line
     on stderr with exit code 2 instead of a traceback.

@@ -7,11 +7,13 @@ See docs/metrics.md for definitions, protocols, known weaknesses and reference v
 
 from imle.metrics.evaluate import METRICS, clear_cache, evaluate, format_table, resolve_extractor
 from imle.metrics.features import (
+    ConvAutoEncoder,
     FeatureExtractor,
     SmallCNN,
     load_feature_extractor,
     save_classifier,
     sha256_file,
+    train_autoencoder,
     train_classifier,
 )
 from imle.metrics.fid import (
@@ -34,6 +36,7 @@ from imle.metrics.prdc import prdc
 __all__ = [
     "DEFAULT_SIGMAS",
     "METRICS",
+    "ConvAutoEncoder",
     "FeatureExtractor",
     "SmallCNN",
     "clear_cache",
@@ -56,5 +59,6 @@ __all__ = [
     "sha256_file",
     "stacked_mnist_labels",
     "stacked_mnist_modes",
+    "train_autoencoder",
     "train_classifier",
 ]

@@ -123,8 +123,79 @@ class AvgPoolCNN(_Classifier):
 
 
 
-#: Classifier architectures by the name stored in their safetensors metadata.
-ARCHITECTURES: dict[str, type[nn.Module]] = {"SmallCNN": SmallCNN, "AvgPoolCNN": AvgPoolCNN}
+class ConvAutoEncoder(nn.Module):
+    """A label-free feature network for 28×28 images: a convolutional autoencoder (~0.2 M
+    parameters) trained only to reconstruct its input (``imle train-encoder``; no labels).
+
+    Encoder: conv3×3(w)-LReLU at 28×28 (stage 1), conv4×4/2(2w)-LReLU → 14×14 (stage 2),
+    conv4×4/2(4w)-LReLU → 7×7 (stage 3), linear → ``num_features`` (the code). The decoder
+    mirrors it with transposed convolutions and a sigmoid. ``features`` is the code;
+    `perceptual_embedding` is what the ``encoder`` distances compare.
+
+    Args:
+        in_channels: image channels.
+        width: channels of the first stage (later stages use 2× and 4×).
+        num_features: size of the code.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 16, num_features: int = 32) -> None:
+        super().__init__()
+        w = width
+        act = nn.LeakyReLU(0.2)
+        self.stages = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1), act),
+            nn.Sequential(nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), act),
+            nn.Sequential(nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1), act),
+        ])
+        self.code = nn.Linear(4 * w * 7 * 7, num_features)
+        self.decoder = nn.Sequential(
+            nn.Linear(num_features, 4 * w * 7 * 7), act, nn.Unflatten(1, (4 * w, 7, 7)),
+            nn.ConvTranspose2d(4 * w, 2 * w, 4, stride=2, padding=1), act,
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), act,
+            nn.Conv2d(w, in_channels, 3, padding=1), nn.Sigmoid(),
+        )
+        self.config = {"in_channels": in_channels, "width": width, "num_features": num_features}
+
+    def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, C, 28, 28) in [0, 1] → the three stages' activations, (N, w·2^i, 28/2^i, 28/2^i)."""
+        if x.shape[-2:] != (28, 28):
+            raise ShapeError(f"ConvAutoEncoder takes 28x28 images; got {tuple(x.shape)}")
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, 28, 28) in [0, 1] → (N, num_features) code."""
+        return self.code(self.stage_outputs(x)[-1].flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, 28, 28) in [0, 1] → (N, C, 28, 28) reconstruction in [0, 1]."""
+        return self.decoder(self.features(x))
+
+    def perceptual_embedding(self, x: torch.Tensor, stages: list[int] | tuple[int, ...] = (1, 2, 3)
+                             ) -> torch.Tensor:
+        """(N, C, 28, 28) → (N, F) with, for each chosen stage l (1-based) of size H_l × W_l,
+        the activations normalised to unit length over channels at every position and scaled
+        by 1 / sqrt(H_l W_l).
+
+        The **squared** Euclidean distance between two embeddings is then LPIPS's form with
+        equal layer weights: sum_l mean_{h,w} ||n_l(x) - n_l(y)||^2 over channels, each
+        stage's term in [0, 4].
+        """
+        outs = self.stage_outputs(x)
+        parts = []
+        for s in stages:
+            a = outs[s - 1]
+            a = a / (a.pow(2).sum(1, keepdim=True) + 1e-10).sqrt()
+            parts.append(a.flatten(1) / math.sqrt(a.shape[-2] * a.shape[-1]))
+        return torch.cat(parts, 1)
+
+
+#: Architectures by the name stored in their safetensors metadata.
+ARCHITECTURES: dict[str, type[nn.Module]] = {"SmallCNN": SmallCNN, "AvgPoolCNN": AvgPoolCNN,
+                                             "ConvAutoEncoder": ConvAutoEncoder}
 
 
 @dataclass
@@ -194,7 +265,8 @@ class FeatureExtractor:
 
 
 def save_classifier(model: nn.Module, path: str | Path, info: dict | None = None) -> str:
-    """Saves a SmallCNN as safetensors plus a JSON record beside it; returns the sha256.
+    """Saves a network of `ARCHITECTURES` as safetensors plus a JSON record beside it; returns
+    the sha256.
 
     The JSON file (``<path>.json`` with the suffix replaced) holds the architecture, the weights'
     sha256 and whatever ``info`` carries (accuracy, seed, command).
@@ -269,9 +341,11 @@ def load_classifier_module(name: str | Path) -> tuple[nn.Module, str]:
 def _load_small_cnn(path: Path, name: str, device: str | torch.device) -> FeatureExtractor:
     model, digest, info = _load_classifier(path)
     model.to(device)
+    # An autoencoder's forward is a reconstruction, not class scores.
+    logits = model.forward if isinstance(model, _Classifier) else None
     return FeatureExtractor(
         name=name, sha256=digest, num_features=model.config["num_features"],
-        in_channels=model.config["in_channels"], _features=model.features, _logits=model.forward,
+        in_channels=model.config["in_channels"], _features=model.features, _logits=logits,
         device=device, info=info)
 
 
@@ -401,6 +475,67 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int = 0, epochs: in
             if max_shift > 0:
                 xb = _random_shift(xb, max_shift, gen)
             loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        if log is not None:
+            log(f"epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    return model.eval()
+
+
+def reconstruction_error(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> float:
+    """Mean squared error per pixel of an autoencoder's reconstructions of ``x`` (N, C, H, W)."""
+    model.eval()
+    total = 0.0
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            total += (model(xb) - xb).pow(2).sum().item()
+    return total / max(1, x.numel())
+
+
+def train_autoencoder(x: torch.Tensor, seed: int = 0, epochs: int = 4, batch_size: int = 128,
+                      lr: float = 2e-3, width: int = 16, num_features: int = 32,
+                      log: Callable[[str], None] | None = None) -> ConvAutoEncoder:
+    """Trains a `ConvAutoEncoder` on images alone (no labels), deterministically given ``seed``
+    (and thread count): binary cross-entropy of the reconstruction, Adam with a one-cycle
+    learning-rate schedule.
+
+    Args:
+        x: (N, C, 28, 28) float32 images in [0, 1].
+        seed: seeds the initialisation and the data order.
+        epochs: passes over the data.
+        batch_size: minibatch size.
+        lr: peak learning rate.
+        width: the network's first-stage channels.
+        num_features: the code size.
+        log: progress printer (None for silence).
+
+    Returns:
+        The trained model in eval mode.
+    """
+    if x.ndim != 4 or x.shape[-2:] != (28, 28):
+        raise ShapeError(f"need images (N, C, 28, 28); got {tuple(x.shape)}")
+    if float(x.min()) < 0 or float(x.max()) > 1:
+        raise DataError("the autoencoder trains on images in [0, 1]; rescale the data")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = ConvAutoEncoder(in_channels=x.shape[1], width=width, num_features=num_features)
+    steps_per_epoch = math.ceil(x.shape[0] / batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs,
+                                                steps_per_epoch=steps_per_epoch)
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(x.shape[0], generator=gen)
+        total = 0.0
+        for i in range(steps_per_epoch):
+            xb = x[perm[i * batch_size:(i + 1) * batch_size]]
+            loss = F.binary_cross_entropy(model(xb), xb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
