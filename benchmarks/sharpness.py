@@ -106,7 +106,7 @@ def summarize(out: Path) -> None:
     gan = means.get("GAN preset", {})
     ratios = [f"{b:g} CPU-min: " + ", ".join(
         f"{model} {means[model][b]['fid'] / gan[b]['fid']:.1f}x"
-        for model in MODELS if model != "GAN preset" and b in means[model])
+        for model in MODELS if model != "GAN preset" and b in means.get(model, {}))
         for b in sorted(gan)]
     lines += ["", "Mean FID as a multiple of the GAN preset's (the issue's target is 2x or "
               "less):", ""] + [f"- {r}" for r in ratios]

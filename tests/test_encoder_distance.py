@@ -133,3 +133,20 @@ def test_train_encoder_command_is_registered_and_checks_its_data(tmp_path, capsy
     assert main(["train-encoder", "--data", "cifar10", "--out",
                  str(tmp_path / "ae.safetensors")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_shipped_mnist_autoencoder_loads_and_was_trained_without_labels(data_dir):
+    import json
+
+    from imle.data import load_dataset
+    from imle.metrics.features import WEIGHTS_DIR
+
+    record = json.loads((WEIGHTS_DIR / "mnist-ae.json").read_text())
+    assert record["labels_used"] is False and record["arch"] == "ConvAutoEncoder"
+    d = build_distance("encoder+l1", {"network": "mnist-ae"})
+    d.setup((1, 28, 28))
+    assert d.state_dict()["sha256"] == record["sha256"]
+    # It reconstructs held-out digits far better than their mean image does.
+    x = load_dataset("mnist", "val", data_dir).x[:1000]
+    mean_image_error = (x - x.mean(0)).pow(2).mean().item()
+    assert reconstruction_error(d.net, x) < 0.2 * mean_image_error

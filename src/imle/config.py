@@ -173,12 +173,13 @@ class MethodConfig(_Typed):
             {"epsilon_nn_frac": 0.5, "adaptive": true} for "rs", {"staleness": 7, "force": 30,
             "gamma": 0.04} for "adaptive".
         distance: space the matching searches in: "l2" (squared Euclidean), "l1", "cosine",
-            "projection", "classifier", "classifier+l2", "lpips", "lpips+l2"; see
+            "projection", "classifier", "classifier+l2", "encoder", "lpips", "lpips+l2"; see
             `imle.distances`.
         distance_options: that distance's options, e.g. {"network": "mnist-cnn"} or the LPIPS
             weight paths {"backbone": PATH, "linear": PATH}.
-        loss: distance whose pair distance is the training loss: one of the above, or "lp"
-            (a loss only, smoothed |x - y|^p with p <= 1); None: the matching distance;
+        loss: distance whose pair distance is the training loss: one of the above, or a loss
+            only: "lp" (smoothed |x - y|^p with p <= 1), "classifier+l1" or "encoder+l1" (a
+            network's feature distance plus pixel L1); None: the matching distance;
             "auto": derived from the data (`imle.defaults`: "l1" for unconditional
             single-channel images matched in "l2", the matching distance otherwise).
         loss_options: its options.

@@ -5,6 +5,9 @@ Two kinds:
 * ``"mnist-cnn"`` / ``"fashion-mnist-cnn"``: a compact CNN classifier (``SmallCNN``) trained by
   ``imle train-classifier`` and shipped in ``imle/metrics/weights/``. Features are the 128-d
   penultimate activations (after ReLU); ``logits`` are the 10 class scores.
+* ``"mnist-ae"``: a `ConvAutoEncoder` trained by ``imle train-encoder`` on MNIST's training
+  images without labels; its features are the 32-d code (no logits). The ``encoder``
+  distances compare its stages' activations instead.
 * ``"inception"``: torch-fidelity's ``FeatureExtractorInceptionV3`` (the TF-compatible
   InceptionV3 used by the FID literature), 2048-d pool features. Optional extra
   ``imle[fidelity]``; its weights must be given as a local file because this package never
@@ -32,9 +35,10 @@ from imle.errors import ConfigError, DataError, ShapeError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
-#: Names of the classifiers shipped with the package and the data set each one was trained on.
+#: Names of the networks shipped with the package and the data set each one was trained on:
+#: the classifiers, and ``mnist-ae``, the label-free autoencoder of the ``encoder`` distances.
 BUILTIN_CLASSIFIERS = {"mnist-cnn": "mnist", "fashion-mnist-cnn": "fashion-mnist",
-                       "mnist-avgcnn": "mnist"}
+                       "mnist-avgcnn": "mnist", "mnist-ae": "mnist"}
 
 
 def sha256_file(path: str | Path) -> str:
