@@ -21,7 +21,9 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from imle.cli.errors import run_handler
 from imle.errors import ConfigError, DataError
@@ -318,12 +320,15 @@ def _eval_conditional(args: argparse.Namespace, run_dir: Path) -> int:
     return 0
 
 
-def run_train_classifier(args: argparse.Namespace) -> int:
-    """Handler of ``imle train-classifier``."""
+def _train_network(args: argparse.Namespace, train: Callable, score: Callable,
+                   splits: tuple[str, ...]) -> tuple[Any, float, Any]:
+    """The shared part of ``train-classifier`` and ``train-encoder``: checks ``--data`` and
+    ``--threads``, loads the training split and ``splits``, and runs ``train(train_split)`` on
+    ``--threads`` torch threads. Returns the model, the training seconds and ``score(model,
+    *split datasets)``."""
     import torch
 
     from imle.data import load_dataset
-    from imle.metrics.features import accuracy, save_classifier, train_classifier
 
     if args.data not in ("mnist", "fashion-mnist"):
         raise ConfigError(f"--data must be mnist or fashion-mnist; got {args.data!r}")
@@ -333,17 +338,29 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     try:
         t0 = time.perf_counter()
-        train = load_dataset(args.data, "train", args.data_dir)
-        val = load_dataset(args.data, "val", args.data_dir)
-        test = load_dataset(args.data, "test", args.data_dir)
-        model = train_classifier(train.x, train.labels, seed=args.seed, epochs=args.epochs,
-                                 batch_size=args.batch_size, lr=args.lr,
-                                 log=lambda m: print(m, flush=True), arch=args.arch)
+        data = [load_dataset(args.data, split, args.data_dir) for split in ("train", *splits)]
+        model = train(data[0])
         seconds = time.perf_counter() - t0
-        val_acc = accuracy(model, val.x, val.labels)
-        test_acc = accuracy(model, test.x, test.labels)
+        return model, seconds, score(model, *data[1:])
     finally:
         torch.set_num_threads(prev_threads)
+
+
+def run_train_classifier(args: argparse.Namespace) -> int:
+    """Handler of ``imle train-classifier``."""
+    import torch
+
+    from imle.metrics.features import accuracy, save_classifier, train_classifier
+
+    model, seconds, (val_acc, test_acc) = _train_network(
+        args,
+        lambda train: train_classifier(train.x, train.labels, seed=args.seed,
+                                       epochs=args.epochs, batch_size=args.batch_size,
+                                       lr=args.lr, log=lambda m: print(m, flush=True),
+                                       arch=args.arch),
+        lambda model, val, test: (accuracy(model, val.x, val.labels),
+                                  accuracy(model, test.x, test.labels)),
+        ("val", "test"))
     command = (f"imle train-classifier --data {args.data} --out {shlex.quote(args.out)} "
                f"--seed {args.seed} --epochs {args.epochs} --batch-size {args.batch_size} "
                f"--lr {args.lr} --threads {args.threads} --arch {args.arch}")
@@ -361,26 +378,15 @@ def run_train_encoder(args: argparse.Namespace) -> int:
     """Handler of ``imle train-encoder``: trains on the training split's images, never labels."""
     import torch
 
-    from imle.data import load_dataset
     from imle.metrics.features import reconstruction_error, save_classifier, train_autoencoder
 
-    if args.data not in ("mnist", "fashion-mnist"):
-        raise ConfigError(f"--data must be mnist or fashion-mnist; got {args.data!r}")
-    if args.threads < 1:
-        raise ConfigError("--threads must be ≥ 1")
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        t0 = time.perf_counter()
-        train = load_dataset(args.data, "train", args.data_dir)
-        val = load_dataset(args.data, "val", args.data_dir)
-        model = train_autoencoder(train.x, seed=args.seed, epochs=args.epochs,
-                                  batch_size=args.batch_size, lr=args.lr, width=args.width,
-                                  num_features=args.code, log=lambda m: print(m, flush=True))
-        seconds = time.perf_counter() - t0
-        val_mse = reconstruction_error(model, val.x)
-    finally:
-        torch.set_num_threads(prev_threads)
+    model, seconds, val_mse = _train_network(
+        args,
+        lambda train: train_autoencoder(train.x, seed=args.seed, epochs=args.epochs,
+                                        batch_size=args.batch_size, lr=args.lr,
+                                        width=args.width, num_features=args.code,
+                                        log=lambda m: print(m, flush=True)),
+        lambda model, val: reconstruction_error(model, val.x), ("val",))
     command = (f"imle train-encoder --data {args.data} --out {shlex.quote(args.out)} "
                f"--seed {args.seed} --epochs {args.epochs} --batch-size {args.batch_size} "
                f"--lr {args.lr} --width {args.width} --code {args.code} "

@@ -464,21 +464,34 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int = 0, epochs: in
         raise ConfigError(f"unknown classifier architecture {arch!r}; choose one of "
                           f"{sorted(ARCHITECTURES)}")
     model = ARCHITECTURES[arch](in_channels=x.shape[1], num_classes=int(y.max()) + 1)
-    steps_per_epoch = math.ceil(x.shape[0] / batch_size)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        xb = x[idx]
+        if max_shift > 0:
+            xb = _random_shift(xb, max_shift, gen)
+        return F.cross_entropy(model(xb), y[idx])
+
+    _fit(model, x.shape[0], batch_loss, gen, epochs, batch_size, lr, log)
+    return model.eval()
+
+
+def _fit(model: nn.Module, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
+         gen: torch.Generator, epochs: int, batch_size: int, lr: float,
+         log: Callable[[str], None] | None) -> None:
+    """The training loop of the shipped networks: ``epochs`` passes over ``n`` examples in an
+    order drawn from ``gen``, Adam with a one-cycle schedule peaking at ``lr``;
+    ``batch_loss(indices)`` returns a minibatch's loss."""
+    steps_per_epoch = math.ceil(n / batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs,
                                                 steps_per_epoch=steps_per_epoch)
     t0 = time.perf_counter()
     for epoch in range(epochs):
         model.train()
-        perm = torch.randperm(x.shape[0], generator=gen)
+        perm = torch.randperm(n, generator=gen)
         total = 0.0
         for i in range(steps_per_epoch):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            xb, yb = x[idx], y[idx]
-            if max_shift > 0:
-                xb = _random_shift(xb, max_shift, gen)
-            loss = F.cross_entropy(model(xb), yb)
+            loss = batch_loss(perm[i * batch_size:(i + 1) * batch_size])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -487,7 +500,6 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int = 0, epochs: in
         if log is not None:
             log(f"epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f} "
                 f"({time.perf_counter() - t0:.0f} s)")
-    return model.eval()
 
 
 def reconstruction_error(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> float:
@@ -528,24 +540,10 @@ def train_autoencoder(x: torch.Tensor, seed: int = 0, epochs: int = 4, batch_siz
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = ConvAutoEncoder(in_channels=x.shape[1], width=width, num_features=num_features)
-    steps_per_epoch = math.ceil(x.shape[0] / batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs,
-                                                steps_per_epoch=steps_per_epoch)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(x.shape[0], generator=gen)
-        total = 0.0
-        for i in range(steps_per_epoch):
-            xb = x[perm[i * batch_size:(i + 1) * batch_size]]
-            loss = F.binary_cross_entropy(model(xb), xb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        if log is not None:
-            log(f"epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        xb = x[idx]
+        return F.binary_cross_entropy(model(xb), xb)
+
+    _fit(model, x.shape[0], batch_loss, gen, epochs, batch_size, lr, log)
     return model.eval()
