@@ -82,45 +82,42 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=run_eval)
 
 
-def _add_train_classifier(sub) -> None:
-    p = sub.add_parser(
-        "train-classifier", help="train the MNIST/Fashion-MNIST feature-extractor CNN",
-        description="Train the small CNN used for FID/KID/PRDC/mode metrics; writes "
-                    "safetensors weights and a JSON record (sha256, accuracy, seed, command).")
+def _add_network_training(sub, name: str, help_: str, description: str, epochs: int):
+    """A subparser with the flags `_train_network` reads (data, output, seed, schedule,
+    threads); the caller adds its architecture's own."""
+    p = sub.add_parser(name, help=help_, description=description)
     p.add_argument("--data", default="mnist", help="mnist or fashion-mnist")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--arch", default="SmallCNN", choices=["SmallCNN", "AvgPoolCNN"],
-                   help="classifier architecture (AvgPoolCNN: the independent judge network)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; the weights are bit-reproducible for a fixed seed and "
                         "thread count (the shipped ones used 1)")
     p.add_argument("--data-dir", default=None)
+    return p
+
+
+def _add_train_classifier(sub) -> None:
+    p = _add_network_training(
+        sub, "train-classifier", "train the MNIST/Fashion-MNIST feature-extractor CNN",
+        "Train the small CNN used for FID/KID/PRDC/mode metrics; writes safetensors weights "
+        "and a JSON record (sha256, accuracy, seed, command).", epochs=6)
+    p.add_argument("--arch", default="SmallCNN", choices=["SmallCNN", "AvgPoolCNN"],
+                   help="classifier architecture (AvgPoolCNN: the independent judge network)")
     p.set_defaults(func=run_train_classifier)
 
 
 def _add_train_encoder(sub) -> None:
-    p = sub.add_parser(
-        "train-encoder", help="train a label-free autoencoder for the 'encoder' distances",
-        description="Train a convolutional autoencoder on a data set's training images alone "
-                    "(no labels) for the label-free perceptual distances 'encoder' and "
-                    "'encoder+l1'; writes safetensors weights and a JSON record (sha256, "
-                    "reconstruction error, seed, command).")
-    p.add_argument("--data", default="mnist", help="mnist or fashion-mnist")
-    p.add_argument("--out", required=True, help="output .safetensors path")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p = _add_network_training(
+        sub, "train-encoder", "train a label-free autoencoder for the 'encoder' distances",
+        "Train a convolutional autoencoder on a data set's training images alone (no labels) "
+        "for the label-free perceptual distances 'encoder' and 'encoder+l1'; writes "
+        "safetensors weights and a JSON record (sha256, reconstruction error, seed, command).",
+        epochs=4)
     p.add_argument("--width", type=int, default=16, help="first-stage channels")
     p.add_argument("--code", type=int, default=32, help="code size")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads; the weights are bit-reproducible for a fixed seed and "
-                        "thread count")
-    p.add_argument("--data-dir", default=None)
     p.set_defaults(func=run_train_encoder)
 
 
