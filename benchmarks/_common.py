@@ -6,6 +6,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -58,6 +59,35 @@ def train_all(runs: dict[str, imle.TrainConfig], out: Path, cpu_minutes: float,
         trained = list(pool.map(lambda kv: train(kv[1], out / kv[0], cpu_minutes),
                                 runs.items()))
     return trained, time.perf_counter() - t0
+
+
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the script's own arguments, the words after ``--`` it passes on)."""
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
+def read_trials(path: Path) -> list[list[str]]:
+    """A trial list: [name, words...] per line (shell words; blank and ``#`` lines skipped)."""
+    out = []
+    for line in path.read_text().splitlines():
+        words = shlex.split(line, comments=True)
+        if words:
+            out.append(words)
+    return out
+
+
+def add_sweep_flags(ap: argparse.ArgumentParser, parallel: int, work: str) -> None:
+    """The flags of a budget sweep: --seeds, --seeds-up-to, --parallel, --out, --work."""
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--seeds-up-to", type=float, default=3.0,
+                    help="budgets above this run the first seed only")
+    ap.add_argument("--parallel", type=int, default=parallel)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path(work),
+                    help="where the run folders go (not kept with the results)")
 
 
 def parse_overrides(words: list[str]) -> dict[str, Any]:

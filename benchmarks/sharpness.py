@@ -32,6 +32,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _common import add_sweep_flags
 from tune_round import trial_command
 
 #: name -> tune_trial.py arguments after the budget.
@@ -138,13 +139,7 @@ def summarize(out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budgets", type=float, nargs="+", default=[1, 3, 10, 20])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--seeds-up-to", type=float, default=3.0,
-                    help="budgets above this run the first seed only")
-    ap.add_argument("--parallel", type=int, default=3)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--work", type=Path, default=Path("bench/sharpness-runs"),
-                    help="where the run folders go (not kept with the results)")
+    add_sweep_flags(ap, parallel=3, work="bench/sharpness-runs")
     ap.add_argument("--models", default=",".join(SHORT),
                     help="which models, comma-separated: " + ", ".join(SHORT))
     ap.add_argument("--encoder", default=None,

@@ -14,12 +14,13 @@ Arguments after ``--`` go to every trial (e.g. ``--preset gan`` or ``--extractor
 from __future__ import annotations
 
 import argparse
-import shlex
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _common import read_trials, split_passthrough
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,11 +32,7 @@ def trial_command(name: str, cpu_minutes: float, args: list[str], out: Path) -> 
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+    argv, extra = split_passthrough(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("trials", type=Path, help="trial list: NAME [OVERRIDES] per line")
     ap.add_argument("cpu_minutes", type=float)
@@ -44,11 +41,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="run only these trial names")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    trials = []
-    for line in a.trials.read_text().splitlines():
-        words = shlex.split(line, comments=True)
-        if words and (a.only is None or words[0] in a.only):
-            trials.append(words)
+    trials = [w for w in read_trials(a.trials) if a.only is None or w[0] in a.only]
 
     def run(words: list[str]) -> int:
         cmd = trial_command(words[0], a.cpu_minutes, [*words[1:], *extra], a.out)

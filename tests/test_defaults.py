@@ -13,7 +13,7 @@ import torch
 import imle
 from imle.cli import main
 from imle.config import TrainConfig, replace
-from imle.defaults import derive
+from imle.defaults import BLANK_BACKGROUND, derive, pixel_end_share
 from imle.matchers import nn_distance_scale
 
 
@@ -113,6 +113,83 @@ def test_images_get_the_l1_loss_and_its_latent_and_a_given_loss_or_latent_wins()
     # A loss means nothing to the GAN.
     config, notes = derive(imle.config.gan_config(), (1, 28, 28))
     assert config.method.loss is None and "method.loss" not in notes
+
+
+# ------------------------------------------------------------------ blank or natural images
+def test_pixel_end_share_counts_values_near_either_end():
+    x = torch.full((4, 1, 2, 2), 0.5)
+    assert pixel_end_share(x) == 0.0
+    x[0] = 0.0  # a quarter of the values at 0
+    x[1, 0, 0] = 1.0  # and 2 of 16 at 1
+    x[2, 0, 0, 0] = 0.019  # within the tolerance of 0
+    x[3, 0, 0, 0] = 0.97  # not within it of 1
+    assert pixel_end_share(x) == pytest.approx((4 + 2 + 1) / 16)
+    # Examples evenly spaced through the set: the first and last of three, not the middle one.
+    y = torch.stack([torch.zeros(1, 2, 2), torch.full((1, 2, 2), 0.5), torch.ones(1, 2, 2)])
+    assert pixel_end_share(y, max_examples=2) == 1.0
+    assert pixel_end_share(torch.zeros(0, 1, 2, 2)) == 0.0
+
+
+@pytest.mark.parametrize("shape, share, expect", [
+    # (matcher, loss, latent): the share decides, not the channel count
+    ((3, 32, 32), 0.11, ("vanilla", None, 12)),  # photo patches
+    ((1, 25, 25), 0.01, ("vanilla", None, 12)),  # faces
+    ((3, 28, 28), 0.89, ("vanilla", "l1", 24)),  # Stacked MNIST
+    ((1, 28, 28), 0.54, ("vanilla", "l1", 24)),  # Fashion-MNIST
+    ((1, 28, 28), BLANK_BACKGROUND, ("vanilla", "l1", 24)),  # the threshold counts as blank
+    # Not measured: single-channel images as blank, colour ones as natural.
+    ((1, 28, 28), None, ("vanilla", "l1", 24)),
+    ((3, 32, 32), None, ("vanilla", None, 12)),
+])
+def test_blank_background_images_get_the_l1_loss_and_natural_ones_the_squared_l2(
+        shape, share, expect):
+    config, notes = derive(TrainConfig(), shape, end_share=share)
+    m = config.method
+    assert (m.matcher, m.loss, config.model.latent_dim) == expect
+    if share is not None:
+        kind = "a blank background" if share >= BLANK_BACKGROUND else "a natural image"
+        assert f"{share:.0%} of pixels at 0 or 1 ({kind})" in notes["method.loss"][1]
+
+
+def test_the_pixel_share_leaves_given_rules_vectors_conditions_and_the_gan_alone():
+    given = {"method.matcher": "rs", "method.loss": "l1"}
+    config, notes = derive(replace(TrainConfig(), **given), (3, 32, 32), end_share=0.1)
+    assert (config.method.matcher, config.method.loss) == ("rs", "l1")
+    assert "method.matcher" not in notes and "method.loss" not in notes
+    config, notes = derive(replace(TrainConfig(), **{"method.loss": None}), (3, 28, 28),
+                           end_share=0.9)
+    assert (config.method.loss, config.model.latent_dim) == (None, 12)
+    config, _ = derive(replace(TrainConfig(), **{"data.task": "pairs"}), (1, 28, 28),
+                       (1, 7, 7), end_share=0.01)
+    assert (config.method.matcher, config.method.loss) == ("vanilla", None)
+    config, _ = derive(TrainConfig(), (32,), end_share=0.0)
+    assert config.method.matcher == "vanilla"
+    config, _ = derive(imle.config.gan_config(), (3, 32, 32), end_share=0.1)
+    assert config.method.matcher == "auto" and config.method.loss is None
+
+
+@pytest.mark.parametrize("data, loss, latent", [("photos", None, 12),
+                                                ("stacked-mnist", "l1", 24)])
+def test_a_run_measures_its_images_and_records_the_loss_they_get(tmp_path, capsys, data_dir,
+                                                                 data, loss, latent):
+    run = tmp_path / "run"
+    assert main(["train", "--data", data, "--data-dir", str(data_dir), "--steps", "1",
+                 "--subset-size", "20", "--batch-size", "10", "--progress", "none",
+                 "--threads", "1", "--run-dir", str(run)]) == 0
+    err = capsys.readouterr().err
+    x = imle.data.load_dataset(data, "train", data_dir).x
+    share = pixel_end_share(x)
+    assert (share >= BLANK_BACKGROUND) == (loss == "l1")
+    shape = "x".join(str(d) for d in x.shape[1:])
+    assert f"method.loss {loss} ({shape} samples with {share:.0%} of pixels at 0 or 1" in err
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["method"]["loss"], saved["model"]["latent_dim"]) == (loss, latent)
+    # A flag wins.
+    run2 = tmp_path / "run2"
+    assert main(["train", "--data", data, "--data-dir", str(data_dir), "--steps", "1",
+                 "--subset-size", "20", "--batch-size", "10", "--progress", "none",
+                 "--threads", "1", "--loss", "l1", "--run-dir", str(run2)]) == 0
+    assert json.loads((run2 / "config.json").read_text())["method"]["loss"] == "l1"
 
 
 def test_given_values_win_and_resolved_configs_stay_as_they_are():

@@ -17,15 +17,23 @@ The rules:
 * ``model.width = None`` with the MLP on low-dimensional vectors (at most
   `LOW_DIMENSIONAL` numbers, unconditional): 256 hidden units (the MLP's own default, 1,024,
   took five times as long per step for no gain there).
+* Unconditional images come in two kinds, told apart by `pixel_end_share`, the share of pixel
+  values within `END_TOLERANCE` of 0 or 1: at least `BLANK_BACKGROUND` is a blank background
+  (digits 89 %, clothing 54 %), less a natural image (photo patches 11 %, faces 1 %). Without
+  the share (``end_share=None``) single-channel images count as blank-background and colour
+  images as natural.
 * ``method.matcher = "auto"``: IMLE's rule. Low-dimensional vectors get RS-IMLE with epsilon
   from the data (``epsilon_knn_frac`` 0.02: the radius of a neighbourhood holding 2 % of S, about
   the spread of a mixture's components; a refresh that would reject the whole pool matches
-  without rejection instead of stopping); everything else the vanilla rule.
-* ``method.loss = "auto"``: for IMLE on unconditional single-channel images matched in "l2",
-  `IMAGE_LOSS` (the squared L2 loss pulls a sample toward the mean of the examples it is
-  matched to over refreshes, a blur; an L1-type loss toward their per-pixel median,
-  docs/results/imle-tuning-2026-12-06); otherwise None, the matching distance (colour images
-  keep the squared L2 loss until the L1 loss is measured on them).
+  without rejection instead of stopping); everything else the vanilla rule (Adaptive IMLE won
+  the 2-minute tuning trials on the photo patches but not their 10-minute point,
+  docs/results/budget-curves-2026-12-06).
+* ``method.loss = "auto"``: for IMLE on blank-background images matched in "l2", `IMAGE_LOSS`
+  (the squared L2 loss pulls a sample toward the mean of the examples it is matched to over
+  refreshes, a blur; an L1-type loss toward their per-pixel median, stroke or background,
+  docs/results/imle-tuning-2026-12-06); otherwise None, the matching distance (on natural
+  images the per-pixel median has no such edge, and the L1 loss did worse on the photo
+  patches, docs/results/photo-tuning-2026-12-06).
 * ``method.pool_multiplier = 0``: 2 for low-dimensional vectors, 10 otherwise (the reference).
 * ``method.pool_precision = "auto"``: fp32 for samples of at most 64 numbers (bf16's 8-bit
   mantissa is coarse next to tight clusters, and bf16 saves little there); otherwise bf16 where
@@ -36,6 +44,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+import torch
 
 from imle.config import TrainConfig, replace
 from imle.methods.base import method_class
@@ -52,6 +62,27 @@ DEFAULT_LATENT = 12
 IMAGE_LOSS: tuple[str, dict[str, Any]] = ("l1", {})
 #: The latent size of IMLE with an L1-type loss on images.
 IMAGE_L1_LATENT = 24
+#: A pixel value within this of 0 or 1 sits at an end of the value range.
+END_TOLERANCE = 0.02
+#: Images with at least this share of pixel values at an end of the range have a blank
+#: background (MNIST 0.89, Fashion-MNIST 0.54, Stacked MNIST 0.89); natural images have far
+#: less (the photo patches 0.11, the LFW faces 0.01).
+BLANK_BACKGROUND = 0.3
+
+
+def pixel_end_share(x: torch.Tensor, max_examples: int = 2000) -> float:
+    """Share of pixel values within `END_TOLERANCE` of 0 or 1.
+
+    Args:
+        x: (N, ...) examples with values in [0, 1].
+        max_examples: at most this many examples, evenly spaced through ``x``, are read.
+    """
+    n = x.shape[0]
+    if n == 0:
+        return 0.0
+    idx = torch.linspace(0, n - 1, min(n, max_examples), device=x.device).long()
+    v = x[idx].float()
+    return float(((v <= END_TOLERANCE) | (v >= 1 - END_TOLERANCE)).float().mean())
 
 
 def _loss(config: TrainConfig, updates: dict[str, Any]) -> str:
@@ -68,11 +99,13 @@ def image_l1(config: TrainConfig, updates: dict[str, Any], sample_shape: tuple[i
 
 
 def derive(config: TrainConfig, sample_shape: tuple[int, ...],
-           cond_shape: tuple[int, ...] | None = None, custom_generator: bool = False
+           cond_shape: tuple[int, ...] | None = None, custom_generator: bool = False,
+           end_share: float | None = None
            ) -> tuple[TrainConfig, dict[str, tuple[Any, str]]]:
     """Resolves the config's data-derived fields for examples of ``sample_shape`` (and
     conditions of ``cond_shape`` for a conditional run); with ``custom_generator`` the
-    generator's type and width are the caller's and stay as they are.
+    generator's type and width are the caller's and stay as they are. ``end_share`` is the
+    examples' `pixel_end_share` (images only; None: not measured).
 
     Returns:
         (the config with every derived field set, {dotted field: (value, reason)} for the
@@ -84,6 +117,14 @@ def derive(config: TrainConfig, sample_shape: tuple[int, ...],
     what = (f"{dims}-dimensional vectors" if vector else
             "x".join(str(d) for d in sample_shape) + " samples")
     low_why = f"{what}: low-dimensional (at most {LOW_DIMENSIONAL} numbers)"
+    image = len(sample_shape) == 3 and cond_shape is None
+    if image and end_share is not None:
+        blank = end_share >= BLANK_BACKGROUND
+        look = (f"{what} with {end_share:.0%} of pixels at 0 or 1 ("
+                + ("a blank background)" if blank else "a natural image)"))
+    else:  # not measured: the channel count decides
+        blank = image and sample_shape[0] == 1
+        look = f"{'single-channel' if blank else 'colour'} {what}"
     updates: dict[str, Any] = {}
     notes: dict[str, tuple[Any, str]] = {}
 
@@ -106,16 +147,15 @@ def derive(config: TrainConfig, sample_shape: tuple[int, ...],
         kind, reason = auto_generator(tuple(sample_shape), cond_shape)
         choose("model.type", kind, reason)
     if m.loss == "auto":
-        # Measured on single-channel images (MNIST, Fashion-MNIST); colour images keep L2.
-        gray = len(sample_shape) == 3 and sample_shape[0] == 1 and cond_shape is None
-        if m.type == "imle" and gray and m.distance == "l2" and not m.loss_options:
+        if m.type == "imle" and blank and m.distance == "l2" and not m.loss_options:
             loss, options = IMAGE_LOSS
-            choose("method.loss", loss, f"{what} matched in l2: the per-pixel median of the "
+            choose("method.loss", loss, f"{look}, matched in l2: the per-pixel median of the "
                                         f"matched examples, not their blurred mean")
             if options:
                 choose("method.loss_options", dict(options), f"the {loss} loss's setting")
         elif m.type == "imle":
-            choose("method.loss", None, "the matching distance")
+            choose("method.loss", None, f"{look}: the matching distance" if image
+                   else "the matching distance")
         else:
             updates["method.loss"] = None  # not used by this method
     if model.latent_dim == 0:

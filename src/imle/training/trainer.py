@@ -24,7 +24,7 @@ from imle._version import __version__
 from imle.checkpoint import find_checkpoint
 from imle.config import RESUME_SCHEDULES, TrainConfig, replace
 from imle.data.training_set import load_data
-from imle.defaults import derive
+from imle.defaults import derive, pixel_end_share
 from imle.errors import ConfigError, DataError
 from imle.methods import Batch, Outer, Step, mix_seed
 from imle.plotting import save_grid
@@ -90,8 +90,11 @@ class Trainer:
                             f"examples")
         cond_shape = None if conditions is None else tuple(conditions.shape[1:])
         # What the config left to the data ("auto", 0) is decided here and saved with the run.
-        config, self.derived = derive(config, tuple(self.data.shape[1:]), cond_shape,
-                                      custom_generator=generator is not None)
+        images = self.data.dim() == 4 and cond_shape is None
+        config, self.derived = derive(
+            config, tuple(self.data.shape[1:]), cond_shape,
+            custom_generator=generator is not None,
+            end_share=pixel_end_share(self.data) if images else None)
         self.config = config
         self.method = build_method(config, tuple(self.data.shape[1:]), self.device, generator,
                                    cond_shape)
