@@ -90,6 +90,20 @@ def add_sweep_flags(ap: argparse.ArgumentParser, parallel: int, work: str) -> No
                     help="where the run folders go (not kept with the results)")
 
 
+def trial_config(preset: str, over: dict[str, Any], seed: int, data_dir: str | None,
+                 cpu_minutes: float = 0.0, steps: int = 0, device: str = "cpu"
+                 ) -> imle.TrainConfig:
+    """A benchmark trial's config: ``--preset PRESET`` with the overrides ``over``, on one
+    thread, quiet, a sample grid every 20 outer iterations, for ``steps`` SGD steps if given,
+    else ``cpu_minutes`` of process CPU time."""
+    from imle.config import PRESETS, replace
+
+    budget = ({"budget_type": "steps", "budget": steps} if steps else
+              {"budget_type": "cpu_minutes", "budget": cpu_minutes})
+    return replace(PRESETS[preset](), threads=1, progress="none", sample_every_outer=20,
+                   device=device, seed=seed, **budget, **{"data.data_dir": data_dir}, **over)
+
+
 def parse_overrides(words: list[str]) -> dict[str, Any]:
     """``section.field=JSON`` words as a dict of overrides for `imle.config.replace`."""
     over = {}

@@ -91,9 +91,8 @@ def score_stacked(x, data_dir: str | None) -> dict[str, float]:
 def one(a: argparse.Namespace) -> None:
     """Trains and scores one run (the worker a driver starts); prints its JSON line."""
     import torch
-    from _common import parse_overrides
+    from _common import parse_overrides, trial_config
 
-    from imle.config import PRESETS, replace
     from imle.runs import sample_from_run
     from imle.training import Trainer
 
@@ -104,10 +103,8 @@ def one(a: argparse.Namespace) -> None:
         i = words.index("--preset")
         preset = words[i + 1]
         del words[i:i + 2]
-    over = parse_overrides(words)
-    cfg = replace(PRESETS[preset](), threads=1, progress="none", sample_every_outer=20,
-                  seed=a.seed, budget_type="cpu_minutes", budget=a.minutes,
-                  **{"data.name": a.data, "data.data_dir": a.data_dir}, **over)
+    over = {"data.name": a.data, **parse_overrides(words)}
+    cfg = trial_config(preset, over, a.seed, a.data_dir, cpu_minutes=a.minutes)
     run = a.work / a.tag
     summary = Trainer(cfg, run).train()
     n = 26_000 if a.score == "stacked" else 5_000

@@ -31,9 +31,9 @@ import os
 from pathlib import Path
 
 import torch
-from _common import parse_overrides
+from _common import parse_overrides, trial_config
 
-from imle.config import PRESETS, replace
+from imle.config import PRESETS
 from imle.metrics import evaluate
 from imle.runs import sample_from_run
 from imle.training import Trainer
@@ -58,10 +58,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     over = parse_overrides(a.overrides)
-    budget = {"budget_type": "steps", "budget": a.steps} if a.steps else {
-        "budget_type": "cpu_minutes", "budget": a.cpu_minutes}
-    cfg = replace(PRESETS[a.preset](), threads=1, progress="none", sample_every_outer=20,
-                  device=a.device, seed=a.seed, **budget, **{"data.data_dir": a.data_dir}, **over)
+    cfg = trial_config(a.preset, over, a.seed, a.data_dir, a.cpu_minutes, a.steps, a.device)
     run = a.out / a.name
     summary = Trainer(cfg, run).train()
     x, _ = sample_from_run(run, 10_000, seed=0, device=a.device)
