@@ -172,10 +172,10 @@ def test_the_pixel_share_leaves_given_rules_vectors_conditions_and_the_gan_alone
                                                 ("stacked-mnist", "l1", 24)])
 def test_a_run_measures_its_images_and_records_the_loss_they_get(tmp_path, capsys, data_dir,
                                                                  data, loss, latent):
+    args = ["train", "--data", data, "--data-dir", str(data_dir), "--steps", "1",
+            "--subset-size", "20", "--batch-size", "10", "--progress", "none", "--threads", "1"]
     run = tmp_path / "run"
-    assert main(["train", "--data", data, "--data-dir", str(data_dir), "--steps", "1",
-                 "--subset-size", "20", "--batch-size", "10", "--progress", "none",
-                 "--threads", "1", "--run-dir", str(run)]) == 0
+    assert main([*args, "--run-dir", str(run)]) == 0
     err = capsys.readouterr().err
     x = imle.data.load_dataset(data, "train", data_dir).x
     share = pixel_end_share(x)
@@ -184,12 +184,11 @@ def test_a_run_measures_its_images_and_records_the_loss_they_get(tmp_path, capsy
     assert f"method.loss {loss} ({shape} samples with {share:.0%} of pixels at 0 or 1" in err
     saved = json.loads((run / "config.json").read_text())
     assert (saved["method"]["loss"], saved["model"]["latent_dim"]) == (loss, latent)
-    # A flag wins.
+    # A flag naming the other loss wins.
+    other = "l2" if loss == "l1" else "l1"
     run2 = tmp_path / "run2"
-    assert main(["train", "--data", data, "--data-dir", str(data_dir), "--steps", "1",
-                 "--subset-size", "20", "--batch-size", "10", "--progress", "none",
-                 "--threads", "1", "--loss", "l1", "--run-dir", str(run2)]) == 0
-    assert json.loads((run2 / "config.json").read_text())["method"]["loss"] == "l1"
+    assert main([*args, "--loss", other, "--run-dir", str(run2)]) == 0
+    assert json.loads((run2 / "config.json").read_text())["method"]["loss"] == other
 
 
 def test_given_values_win_and_resolved_configs_stay_as_they_are():
