@@ -193,16 +193,18 @@ def test_pair_distance_has_gradients_in_the_generated_sample():
     assert not any(p.requires_grad for p in dist.net.parameters())
 
 
-def test_lp_loss_known_values_and_its_minimiser_is_the_majority_value():
+def test_lp_loss_known_values_and_its_minimiser_from_majority_to_mean():
     x, y = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
     lp = build_distance("lp", {"p": 0.5, "delta": 1e-8})
     torch.testing.assert_close(lp.pair(x, y), torch.full((2,), 4.0), atol=1e-3, rtol=0)
     l1 = build_distance("lp", {"p": 1.0, "delta": 1e-6})
     torch.testing.assert_close(l1.pair(x, 0.3 * y), torch.full((2,), 1.2), atol=1e-4, rtol=0)
     # One sample pulled toward three targets, two of them 0 and one 1 in every pixel: the
-    # squared loss settles at their mean (a grey, the blur), p = 0.5 at the majority value.
+    # squared loss settles at their mean (a grey, the blur), p = 0.5 at the majority value,
+    # p = 1.5 between them where 2 c^0.5 = (1 - c)^0.5, at c = 0.2.
     targets = torch.tensor([0.0, 0.0, 1.0]).view(3, 1).expand(3, 4)
-    for name, options, want in (("l2", {}, 1 / 3), ("lp", {"p": 0.5}, 0.0)):
+    for name, options, want in (("l2", {}, 1 / 3), ("lp", {"p": 0.5}, 0.0),
+                                ("lp", {"p": 1.5}, 0.2)):
         dist = build_distance(name, options)
         out = torch.full((1, 4), 0.45, requires_grad=True)
         opt = torch.optim.Adam([out], lr=0.01)
@@ -234,7 +236,7 @@ def test_classifier_l1_loss_is_weighted_features_plus_pixel_l1():
 def test_a_loss_only_distance_cannot_be_the_matching_distance():
     with pytest.raises(ConfigError, match="method.loss='lp'"):
         imle.IMLE(mlp(4, 4), 4, distance="lp")
-    with pytest.raises(ConfigError, match="0 < p <= 1"):
+    with pytest.raises(ConfigError, match="0 < p < 2"):
         build_distance("lp", {"p": 2.0})
     method = imle.IMLE(mlp(4, 4), 4, distance="l1", loss="lp", loss_options={"p": 0.5})
     assert method.loss_distance.name == "lp" and method.distance.metric == "l1"

@@ -178,7 +178,7 @@ class MethodConfig(_Typed):
         distance_options: that distance's options, e.g. {"network": "mnist-cnn"} or the LPIPS
             weight paths {"backbone": PATH, "linear": PATH}.
         loss: distance whose pair distance is the training loss: one of the above, or a loss
-            only: "lp" (smoothed |x - y|^p with p <= 1), "classifier+l1" or "encoder+l1" (a
+            only: "lp" (smoothed |x - y|^p with 0 < p < 2), "classifier+l1" or "encoder+l1" (a
             network's feature distance plus pixel L1); None: the matching distance;
             "auto": derived from the data (`imle.defaults`: "l1" for unconditional images
             with a blank background matched in "l2", the matching distance otherwise).

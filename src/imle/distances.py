@@ -182,16 +182,18 @@ class L1Distance(_PixelDistance):
 
 @register_distance("lp")
 class LpDistance(_PixelDistance):
-    """Sum over dims of a smoothed |x - y|^p, p in (0, 1] (not squared): a training loss only.
+    """Sum over dims of a smoothed |x - y|^p, p in (0, 2) (not squared): a training loss only.
 
     Why: the L2 loss pulls a latent toward the mean of the examples it is matched to over
     refreshes, a blur; L1 pulls toward their per-pixel median, and p < 1 further toward their
-    most common value, so strokes stay sharp. Each term is (d^2 + delta^2)^(p/2) - delta^p,
-    which is |d|^p up to delta and has a finite gradient at d = 0. There is no search metric for
-    p < 1, so matching uses another distance (``method.distance`` "l1" or "l2").
+    most common value, so strokes stay sharp. Where those examples rarely agree (varied shapes
+    on a blank background) the median is the background, and the sample goes dark; p between 1
+    and 2 settles between the median and the mean. Each term is (d^2 + delta^2)^(p/2) - delta^p,
+    which is |d|^p up to delta and has a finite gradient at d = 0. There is no search metric
+    for it, so matching uses another distance (``method.distance`` "l1" or "l2").
 
     Options:
-        p: the exponent, 0 < p <= 1.
+        p: the exponent, 0 < p < 2 (p = 2 is the "l2" loss).
         delta: smoothing scale in the samples' units.
     """
 
@@ -201,8 +203,9 @@ class LpDistance(_PixelDistance):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        if not 0 < self.options["p"] <= 1 or self.options["delta"] <= 0:
-            raise ConfigError(f"distance 'lp' needs 0 < p <= 1 and delta > 0; got "
+        if not 0 < self.options["p"] < 2 or self.options["delta"] <= 0:
+            raise ConfigError(f"distance 'lp' needs 0 < p < 2 and delta > 0 (for p = 2 use "
+                              f"the 'l2' loss); got "
                               f"p={self.options['p']}, delta={self.options['delta']}")
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
