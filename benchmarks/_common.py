@@ -90,6 +90,16 @@ def add_sweep_flags(ap: argparse.ArgumentParser, parallel: int, work: str) -> No
                     help="where the run folders go (not kept with the results)")
 
 
+def online_samples(method: Any, num: int = 10_000, seed: int = 0) -> Any:
+    """(num, *sample_shape) samples of a loaded method's online (not EMA) generator, from the
+    latents ``method.sample(num, seed=seed)`` draws for the EMA weights."""
+    import torch
+
+    z = torch.randn(num, method.latent_dim, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return torch.cat([method.generator(z[i:i + 1000]) for i in range(0, num, 1000)])
+
+
 def trial_config(preset: str, over: dict[str, Any], seed: int, data_dir: str | None,
                  cpu_minutes: float = 0.0, steps: int = 0, device: str = "cpu"
                  ) -> imle.TrainConfig:

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import torch
+from _common import online_samples
 
 from imle.data import load_dataset
 from imle.metrics import evaluate
@@ -59,10 +60,7 @@ def main() -> None:
         real_dark = dark_channels(real, a.dark_below).float().mean().item()
         step = int((run / "checkpoints" / "latest").read_text().strip().rsplit("-", 1)[-1]) \
             if (run / "checkpoints" / "latest").is_file() else -1
-        z = torch.randn(10_000, method.latent_dim, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            online = torch.cat([method.generator(z[i:i + 1000]) for i in range(0, 10_000, 1000)])
-        for name, x in (("online", online), ("EMA", method.sample(10_000, seed=0))):
+        for name, x in (("online", online_samples(method)), ("EMA", method.sample(10_000, seed=0))):
             dark = dark_channels(x, a.dark_below)
             kept = x[~dark.any(1)]
             rest = (f"{fid(kept, data, ext, a.data_dir):.1f}" if len(kept) >= 2000

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+from _common import online_samples
 
 from imle.metrics import evaluate
 from imle.runs import load_method
@@ -27,9 +28,7 @@ def main() -> None:
     print("|---|---|---|")
     for run in a.runs:
         method, config = load_method(run)
-        z = torch.randn(10_000, method.latent_dim, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            online = torch.cat([method.generator(z[i:i + 1000]) for i in range(0, 10_000, 1000)])
+        online = online_samples(method)
         fids = [evaluate(x, config.data.name, ["fid"], data_dir=a.data_dir, seed=0,
                          floors=False, extractor=a.extractor)["metrics"]["fid"]
                 for x in (online, method.sample(10_000, seed=0))]
