@@ -101,6 +101,15 @@ def score_fashion(x, data_dir: str | None) -> dict[str, float]:
     return {k: s[k] for k in SCORES["fashion"]}
 
 
+#: Per score: how many samples to draw, and the function (samples, data_dir) -> scores.
+SCORERS = {
+    "photos-tune": (5_000, lambda x, d: score_photos(x, d, tune=True)),
+    "photos": (5_000, lambda x, d: score_photos(x, d, tune=False)),
+    "stacked": (26_000, score_stacked),
+    "fashion": (10_000, score_fashion),
+}
+
+
 def one(a: argparse.Namespace) -> None:
     """Trains and scores one run (the worker a driver starts); prints its JSON line."""
     import torch
@@ -120,15 +129,10 @@ def one(a: argparse.Namespace) -> None:
     cfg = trial_config(preset, over, a.seed, a.data_dir, cpu_minutes=a.minutes)
     run = a.work / a.tag
     summary = Trainer(cfg, run).train()
-    n = {"stacked": 26_000, "fashion": 10_000}.get(a.score, 5_000)
+    n, scorer = SCORERS[a.score]
     x, _ = sample_from_run(run, n, seed=0)
     t0 = time.perf_counter()
-    if a.score == "stacked":
-        scores = score_stacked(x, a.data_dir)
-    elif a.score == "fashion":
-        scores = score_fashion(x, a.data_dir)
-    else:
-        scores = score_photos(x, a.data_dir, tune=a.score == "photos-tune")
+    scores = scorer(x, a.data_dir)
     saved = json.loads((run / "config.json").read_text())
     row = {"model": a.name, "words": a.words, "cpu_minutes": a.minutes, "seed": a.seed,
            "tag": a.tag, "data": a.data, "score": a.score, "steps": summary["step"],
