@@ -40,12 +40,14 @@ MODELS = {
     "GAN preset": ["--preset", "gan"],
     "IMLE, squared L2 loss (earlier default)": ["method.loss=null"],
     "IMLE default": [],
+    "IMLE, lp loss (p = 1.5)": ['method.loss="lp"', 'method.loss_options={"p": 1.5}'],
     # Its arguments name the autoencoder file: set from --encoder in main().
     "IMLE + label-free perceptual loss": [],
 }
 #: ``--models`` names.
 SHORT = {"gan": "GAN preset", "l2": "IMLE, squared L2 loss (earlier default)",
-         "default": "IMLE default", "encoder": "IMLE + label-free perceptual loss"}
+         "default": "IMLE default", "lp1.5": "IMLE, lp loss (p = 1.5)",
+         "encoder": "IMLE + label-free perceptual loss"}
 EXTRACTOR = "mnist-avgcnn"
 
 

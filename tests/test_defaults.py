@@ -13,7 +13,7 @@ import torch
 import imle
 from imle.cli import main
 from imle.config import TrainConfig, replace
-from imle.defaults import BLANK_BACKGROUND, derive, pixel_end_share
+from imle.defaults import BLANK_BACKGROUND, STROKES, derive, pixel_end_share
 from imle.matchers import nn_distance_scale
 
 
@@ -130,25 +130,33 @@ def test_pixel_end_share_counts_values_near_either_end():
     assert pixel_end_share(torch.zeros(0, 1, 2, 2)) == 0.0
 
 
+P15 = {"p": 1.5}
+
+
 @pytest.mark.parametrize("shape, share, expect", [
-    # (matcher, loss, latent): the share decides, not the channel count
-    ((3, 32, 32), 0.11, ("vanilla", None, 12)),  # photo patches
-    ((1, 25, 25), 0.01, ("vanilla", None, 12)),  # faces
-    ((3, 28, 28), 0.89, ("vanilla", "l1", 24)),  # Stacked MNIST
-    ((1, 28, 28), 0.54, ("vanilla", "l1", 24)),  # Fashion-MNIST
-    ((1, 28, 28), BLANK_BACKGROUND, ("vanilla", "l1", 24)),  # the threshold counts as blank
-    # Not measured: single-channel images as blank, colour ones as natural.
-    ((1, 28, 28), None, ("vanilla", "l1", 24)),
-    ((3, 32, 32), None, ("vanilla", None, 12)),
+    # (matcher, loss, loss_options, latent): the share decides, not the channel count
+    ((3, 32, 32), 0.11, ("vanilla", None, {}, 12)),  # photo patches
+    ((1, 25, 25), 0.01, ("vanilla", None, {}, 12)),  # faces
+    ((3, 28, 28), 0.89, ("vanilla", "l1", {}, 24)),  # Stacked MNIST
+    ((1, 28, 28), 0.89, ("vanilla", "l1", {}, 24)),  # MNIST
+    ((1, 28, 28), 0.54, ("vanilla", "lp", P15, 24)),  # Fashion-MNIST
+    ((1, 28, 28), STROKES, ("vanilla", "l1", {}, 24)),  # the thresholds count as the upper kind
+    ((1, 28, 28), BLANK_BACKGROUND, ("vanilla", "lp", P15, 24)),
+    # Not measured: single-channel images as strokes, colour ones as natural.
+    ((1, 28, 28), None, ("vanilla", "l1", {}, 24)),
+    ((3, 32, 32), None, ("vanilla", None, {}, 12)),
 ])
-def test_blank_background_images_get_the_l1_loss_and_natural_ones_the_squared_l2(
+def test_strokes_get_l1_filled_shapes_p15_and_natural_images_the_squared_l2(
         shape, share, expect):
     config, notes = derive(TrainConfig(), shape, end_share=share)
     m = config.method
-    assert (m.matcher, m.loss, config.model.latent_dim) == expect
+    assert (m.matcher, m.loss, m.loss_options, config.model.latent_dim) == expect
     if share is not None:
-        kind = "a blank background" if share >= BLANK_BACKGROUND else "a natural image"
+        kind = ("strokes on a blank background" if share >= STROKES else
+                "filled shapes on a blank background" if share >= BLANK_BACKGROUND else
+                "a natural image")
         assert f"{share:.0%} of pixels at 0 or 1 ({kind})" in notes["method.loss"][1]
+    assert ("method.loss_options" in notes) == bool(expect[2])
 
 
 def test_the_pixel_share_leaves_given_rules_vectors_conditions_and_the_gan_alone():
@@ -169,7 +177,8 @@ def test_the_pixel_share_leaves_given_rules_vectors_conditions_and_the_gan_alone
 
 
 @pytest.mark.parametrize("data, loss, latent", [("photos", None, 12),
-                                                ("stacked-mnist", "l1", 24)])
+                                                ("stacked-mnist", "l1", 24),
+                                                ("fashion-mnist", "lp", 24)])
 def test_a_run_measures_its_images_and_records_the_loss_they_get(tmp_path, capsys, data_dir,
                                                                  data, loss, latent):
     args = ["train", "--data", data, "--data-dir", str(data_dir), "--steps", "1",
@@ -179,13 +188,15 @@ def test_a_run_measures_its_images_and_records_the_loss_they_get(tmp_path, capsy
     err = capsys.readouterr().err
     x = imle.data.load_dataset(data, "train", data_dir).x
     share = pixel_end_share(x)
-    assert (share >= BLANK_BACKGROUND) == (loss == "l1")
+    assert (share >= BLANK_BACKGROUND) == (loss is not None)
+    assert (share >= STROKES) == (loss == "l1")
     shape = "x".join(str(d) for d in x.shape[1:])
     assert f"method.loss {loss} ({shape} samples with {share:.0%} of pixels at 0 or 1" in err
     saved = json.loads((run / "config.json").read_text())
     assert (saved["method"]["loss"], saved["model"]["latent_dim"]) == (loss, latent)
-    # A flag naming the other loss wins.
-    other = "l2" if loss == "l1" else "l1"
+    assert saved["method"]["loss_options"] == ({"p": 1.5} if loss == "lp" else {})
+    # A flag naming another loss wins.
+    other = "l2" if loss else "l1"
     run2 = tmp_path / "run2"
     assert main([*args, "--loss", other, "--run-dir", str(run2)]) == 0
     assert json.loads((run2 / "config.json").read_text())["method"]["loss"] == other

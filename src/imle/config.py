@@ -180,8 +180,9 @@ class MethodConfig(_Typed):
         loss: distance whose pair distance is the training loss: one of the above, or a loss
             only: "lp" (smoothed |x - y|^p with 0 < p < 2), "classifier+l1" or "encoder+l1" (a
             network's feature distance plus pixel L1); None: the matching distance;
-            "auto": derived from the data (`imle.defaults`: "l1" for unconditional images
-            with a blank background matched in "l2", the matching distance otherwise).
+            "auto": derived from the data (`imle.defaults`: for unconditional images with a
+            blank background matched in "l2", "l1" for strokes and "lp" with p = 1.5 for
+            filled shapes; the matching distance otherwise).
         loss_options: its options.
         subset_size: |S|, examples matched per outer iteration; None means the whole data set
             (the reference code). A random subset is drawn each outer iteration otherwise.

@@ -17,21 +17,24 @@ The rules:
 * ``model.width = None`` with the MLP on low-dimensional vectors (at most
   `LOW_DIMENSIONAL` numbers, unconditional): 256 hidden units (the MLP's own default, 1,024,
   took five times as long per step for no gain there).
-* Unconditional images come in two kinds, told apart by `pixel_end_share`, the share of pixel
-  values within `END_TOLERANCE` of 0 or 1: at least `BLANK_BACKGROUND` is a blank background
-  (digits 89 %, clothing 54 %), less a natural image (photo patches 11 %, faces 1 %). Without
-  the share (``end_share=None``) single-channel images count as blank-background and colour
-  images as natural.
+* Unconditional images come in three kinds, told apart by `pixel_end_share`, the share of
+  pixel values within `END_TOLERANCE` of 0 or 1: at least `STROKES` is strokes on a blank
+  background (digits 89 %), at least `BLANK_BACKGROUND` filled shapes on a blank background
+  (clothing 54 %), less a natural image (photo patches 11 %, faces 1 %). Without the share
+  (``end_share=None``) single-channel images count as strokes and colour images as natural.
 * ``method.matcher = "auto"``: IMLE's rule. Low-dimensional vectors get RS-IMLE with epsilon
   from the data (``epsilon_knn_frac`` 0.02: the radius of a neighbourhood holding 2 % of S, about
   the spread of a mixture's components; a refresh that would reject the whole pool matches
   without rejection instead of stopping); everything else the vanilla rule (Adaptive IMLE won
   the 2-minute tuning trials on the photo patches but not their 10-minute point,
   docs/results/budget-curves-2026-12-06).
-* ``method.loss = "auto"``: for IMLE on blank-background images matched in "l2", `IMAGE_LOSS`
-  (the squared L2 loss pulls a sample toward the mean of the examples it is matched to over
-  refreshes, a blur; an L1-type loss toward their per-pixel median, stroke or background,
-  docs/results/imle-tuning-2026-12-06); otherwise None, the matching distance (on natural
+* ``method.loss = "auto"``: for IMLE on blank-background images matched in "l2", an L1-type
+  loss (the squared L2 loss pulls a sample toward the mean of the examples it is matched to
+  over refreshes, a blur; an L1-type loss toward their per-pixel median, stroke or background,
+  docs/results/imle-tuning-2026-12-06): `STROKE_LOSS`, L1, for strokes; `SHAPE_LOSS`,
+  |x - y|^1.5, for filled shapes, whose per-pixel median over varied garments is the
+  background, so that under L1 a growing share of samples goes blank with training
+  (docs/results/budget-curves-2026-12-06). Otherwise None, the matching distance (on natural
   images the per-pixel median has no such edge, and the L1 loss did worse on the photo
   patches, docs/results/photo-tuning-2026-12-06).
 * ``method.pool_multiplier = 0``: 2 for low-dimensional vectors, 10 otherwise (the reference).
@@ -58,8 +61,10 @@ SMALL_SAMPLE = 64
 #: RS-IMLE's epsilon rule for low-dimensional vectors.
 LOW_DIM_RS_OPTIONS = {"epsilon_knn_frac": 0.02, "all_rejected": "match"}
 DEFAULT_LATENT = 12
-#: (loss, loss_options) of IMLE on unconditional single-channel images matched in "l2".
-IMAGE_LOSS: tuple[str, dict[str, Any]] = ("l1", {})
+#: (loss, loss_options) of IMLE matched in "l2" on unconditional images of strokes on a blank
+#: background, and of filled shapes on one.
+STROKE_LOSS: tuple[str, dict[str, Any]] = ("l1", {})
+SHAPE_LOSS: tuple[str, dict[str, Any]] = ("lp", {"p": 1.5})
 #: The latent size of IMLE with an L1-type loss on images.
 IMAGE_L1_LATENT = 24
 #: A pixel value within this of 0 or 1 sits at an end of the value range.
@@ -68,6 +73,9 @@ END_TOLERANCE = 0.02
 #: background (MNIST 0.89, Fashion-MNIST 0.54, Stacked MNIST 0.89); natural images have far
 #: less (the photo patches 0.11, the LFW faces 0.01).
 BLANK_BACKGROUND = 0.3
+#: Blank-background images with at least this share are strokes (MNIST and Stacked MNIST 0.89);
+#: below it, filled shapes (Fashion-MNIST 0.54). Set between the two measured kinds.
+STROKES = 0.75
 
 
 def pixel_end_share(x: torch.Tensor, max_examples: int = 2000) -> float:
@@ -120,10 +128,12 @@ def derive(config: TrainConfig, sample_shape: tuple[int, ...],
     image = len(sample_shape) == 3 and cond_shape is None
     if image and end_share is not None:
         blank = end_share >= BLANK_BACKGROUND
-        look = (f"{what} with {end_share:.0%} of pixels at 0 or 1 ("
-                + ("a blank background)" if blank else "a natural image)"))
+        strokes = end_share >= STROKES
+        seen = ("strokes on a blank background" if strokes else
+                "filled shapes on a blank background" if blank else "a natural image")
+        look = f"{what} with {end_share:.0%} of pixels at 0 or 1 ({seen})"
     else:  # not measured: the channel count decides
-        blank = image and sample_shape[0] == 1
+        blank = strokes = image and sample_shape[0] == 1
         look = f"{'single-channel' if blank else 'colour'} {what}"
     updates: dict[str, Any] = {}
     notes: dict[str, tuple[Any, str]] = {}
@@ -148,9 +158,11 @@ def derive(config: TrainConfig, sample_shape: tuple[int, ...],
         choose("model.type", kind, reason)
     if m.loss == "auto":
         if m.type == "imle" and blank and m.distance == "l2" and not m.loss_options:
-            loss, options = IMAGE_LOSS
-            choose("method.loss", loss, f"{look}, matched in l2: the per-pixel median of the "
-                                        f"matched examples, not their blurred mean")
+            loss, options = STROKE_LOSS if strokes else SHAPE_LOSS
+            choose("method.loss", loss, f"{look}, matched in l2: " + (
+                "the per-pixel median of the matched examples, not their blurred mean"
+                if strokes else "between the matched examples' per-pixel median (often the "
+                                "background) and their blurred mean"))
             if options:
                 choose("method.loss_options", dict(options), f"the {loss} loss's setting")
         elif m.type == "imle":

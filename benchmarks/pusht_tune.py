@@ -1,0 +1,255 @@
+"""Push-T policies tuned with equal care, then trained longer: conditional RS-IMLE (IMLE
+Policy), the flow-matching policy and Diffusion Policy's DDPM recipe (``pip install
+'imle[robot]'``; the task, features and policies are those of `imle.reproduce.policy`).
+
+1. **Tuning.** Every trial of the list (``METHOD NAME [key=JSON ...]`` per line, the same
+   number per method) trains on the first ``--demos`` expert demonstrations for
+   ``--trial-seconds`` of process CPU time on one thread, and is rolled out from
+   ``--val-rollouts`` *validation* starts (``env.reset(seed=2 * 10^6 + e)``): none of them a
+   demonstration's or a test start. Keys are `imle.TrainConfig` fields for ``imle`` and
+   ``flow``, `imle.baselines.ddpm_policy.train_ddpm_policy` arguments (``lr``, ``batch_size``,
+   ``layers``, ``width``) for ``ddpm``.
+2. **Final.** Each method's trial with the highest mean best coverage (for the flow, the best
+   of its NFE rows) trains again for ``--final-seconds`` with each ``--seeds``, and is rolled
+   out from ``--rollouts`` *test* starts (``env.reset(seed=10^6 + e)``, those of
+   ``policy_pusht.py``): success (>= 95 % coverage), mean best coverage, route shares, median
+   milliseconds per 16-step chunk for one observation.
+
+Each trial runs in its own process (``--parallel`` side by side, one torch thread each).
+
+    python benchmarks/pusht_tune.py docs/results/pusht-tuning-2026-12-06/trials.txt \\
+        --trial-seconds 90 --final-seconds 600 --seeds 0 1 --out bench/pusht-tune
+
+Writes OUT/trials.jsonl and OUT/final.jsonl (one line per rolled-out policy), OUT/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import markdown_table, parse_overrides, read_trials
+from policy_two_route import cli_fitter
+
+from imle.config import replace
+from imle.reproduce.policy import (
+    chunk_ms,
+    consistent_imle_policy,
+    ddpm_policy,
+    flow_policy,
+    flow_policy_config,
+    imle_config,
+    imle_policy,
+)
+
+#: env.reset seeds: demonstrations use e < 10^6 (seed 0), tests 10^6 + e, validation 2 10^6 + e.
+TEST, VALIDATION = 1, 2
+METHODS = ("imle", "flow", "ddpm")
+
+
+def policies_of(method: str, words: list[str], npz: Path, seconds: float, seed: int,
+                work: Path, tag: str, nfe: tuple[int, ...]) -> tuple[dict[str, Callable], dict]:
+    """Trains one trial (an ``imle train`` run folder WORK/TAG for IMLE and the flow);
+    returns (row name -> factory of a fresh policy, training summary)."""
+    data = np.load(npz)
+    obs, act = torch.from_numpy(data["c"]), torch.from_numpy(data["x"])
+    if method == "ddpm":
+        from imle.baselines.ddpm_policy import train_ddpm_policy
+
+        kwargs = {"layers": 2, **parse_overrides(words)}
+        model, stats = train_ddpm_policy(obs, act, seconds, seed=seed, **kwargs)
+        return {"ddpm": lambda: ddpm_policy(model)}, {"steps": stats["steps"]}
+    base = flow_policy_config(npz) if method == "flow" else imle_config(npz, "imle")
+    config = replace(base, seed=seed, **parse_overrides(words))
+    trained: list = []
+    model, log = cli_fitter(work, seconds, trained)(config, tag)
+    info = {"steps": log[-1]["step"]}
+    if method == "flow":
+        return {f"flow, {n} NFE": (lambda n=n: flow_policy(model, n)) for n in nfe}, info
+    return {"imle": lambda: imle_policy(model),
+            "imle-consistent": lambda: consistent_imle_policy(model)}, info
+
+
+def one(a: argparse.Namespace) -> None:
+    """Trains and rolls out one (trial, seed) and prints one JSON line per policy row."""
+    from imle.envs.pusht import rollout
+
+    torch.set_num_threads(1)
+    words = json.loads(a.words)
+    policies, info = policies_of(a.method, words, a.npz, a.seconds, a.seed, a.work, a.tag,
+                                 tuple(a.nfe))
+    obs = torch.from_numpy(np.load(a.npz)["c"])
+    for row, make in policies.items():
+        fn = make()
+
+        def policy(o: np.ndarray, fn=fn) -> np.ndarray:
+            with torch.no_grad():
+                return fn(torch.from_numpy(o)).numpy()
+
+        res = rollout(policy, a.rollouts, seed=a.starts)
+        print(json.dumps({"trial": a.name, "method": a.method, "policy": row, "seed": a.seed,
+                          "cpu_seconds": a.seconds, "starts": a.starts,
+                          "rollouts": a.rollouts, "settings": " ".join(words),
+                          "success": float(res["success"].mean()),
+                          "coverage": float(res["coverage"].mean()),
+                          "ccw": float((res["route"] > 0).mean()),
+                          "cw": float((res["route"] < 0).mean()),
+                          "chunk_ms": chunk_ms(make(), obs), **info}), flush=True)
+
+
+def launch(jobs: list[dict], a: argparse.Namespace, out_file: Path) -> list[dict]:
+    """Runs ``jobs`` (dicts of --one's arguments) ``--parallel`` at a time; appends and
+    returns their rows."""
+    def run(job: dict) -> list[dict]:
+        cmd = [sys.executable, __file__, "--one", "--npz", str(a.npz), "--work", str(a.work),
+               "--nfe", *map(str, a.nfe), "--method", job["method"], "--name", job["name"],
+               "--words", json.dumps(job["words"]), "--seconds", str(job["seconds"]),
+               "--seed", str(job["seed"]), "--starts", str(job["starts"]),
+               "--rollouts", str(job["rollouts"]), "--tag", job["tag"]]
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode or not rows:
+            print(f"{job['tag']}: failed ({proc.returncode})\n{proc.stderr[-2000:]}", flush=True)
+            return []
+        with open(out_file, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        for r in rows:
+            print(f"{job['tag']} {r['policy']}: coverage {r['coverage']:.3f}, success "
+                  f"{r['success']:.2f}, {r['steps']} steps ({time.time() - t0:.0f} s)",
+                  flush=True)
+        return rows
+
+    with ThreadPoolExecutor(a.parallel) as pool:
+        return [r for rows in pool.map(run, jobs) for r in rows]
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+
+
+def demos_npz(a: argparse.Namespace) -> dict[str, Any]:
+    """Writes the demonstration pairs (the expert's first successful episodes) once."""
+    from imle.envs.pusht import demonstration_pairs, run_expert
+
+    stats_file = a.out / "expert.json"
+    if a.npz.exists() and stats_file.exists():
+        return json.loads(stats_file.read_text())
+    episodes = run_expert(int(a.demos * 1.25) + 20, seed=0)
+    good = [e for e in episodes if e["success"]]
+    if len(good) < a.demos:
+        sys.exit(f"the expert succeeded in {len(good)} episodes; need {a.demos}")
+    c, x = demonstration_pairs(good[:a.demos])
+    np.savez(a.npz, c=c, x=x)
+    stats = {"episodes": len(episodes), "success": float(np.mean([e["success"]
+                                                                   for e in episodes])),
+             "demos": a.demos, "pairs": int(c.shape[0])}
+    stats_file.write_text(json.dumps(stats))
+    return stats
+
+
+def best_trials(rows: list[dict]) -> dict[str, dict]:
+    """method -> the tuning row with the highest coverage (ties: the earlier trial)."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["policy"] == "imle-consistent":  # the same trained model as "imle"
+            continue
+        if r["method"] not in best or r["coverage"] > best[r["method"]]["coverage"]:
+            best[r["method"]] = r
+    return best
+
+
+def report(a: argparse.Namespace, expert: dict) -> None:
+    trials, final = load(a.out / "trials.jsonl"), load(a.out / "final.jsonl")
+    keys = ["coverage", "success", "ccw", "cw", "chunk_ms", "steps"]
+    parts = [markdown_table(
+        f"Tuning: {a.demos} demonstrations ({expert['pairs']} pairs), {a.trial_seconds:g} "
+        f"CPU-seconds per trial on one thread, seed 0, {a.val_rollouts} validation rollouts",
+        ["method", "trial", "settings", "policy"], keys,
+        [{**r, "settings": r["settings"] or "(as in the policy table)",
+          "trial": r["trial"]} for r in trials])]
+    if final:
+        groups: dict[str, list[dict]] = {}
+        for r in final:
+            groups.setdefault(r["policy"], []).append(r)
+        rows = []
+        for policy, g in groups.items():
+            m = {k: float(np.mean([r[k] for r in g])) for k in keys}
+            rows.append({"policy": policy, "trial": g[0]["trial"],
+                         "seeds": " / ".join(str(r["seed"]) for r in g),
+                         "coverage per seed": " / ".join(f"{r['coverage']:.3f}" for r in g),
+                         **m})
+        parts.append(markdown_table(
+            f"Final: the best trial per method, {a.final_seconds:g} CPU-seconds on one thread, "
+            f"{a.rollouts} test rollouts per seed; means over the seeds",
+            ["policy", "trial", "seeds", "coverage per seed"], keys, rows))
+    text = "\n\n".join(parts) + "\n"
+    (a.out / "results.md").write_text(text)
+    print(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("trials", type=Path, nargs="?")
+    ap.add_argument("--demos", type=int, default=200)
+    ap.add_argument("--trial-seconds", type=float, default=90.0)
+    ap.add_argument("--final-seconds", type=float, default=600.0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--val-rollouts", type=int, default=30)
+    ap.add_argument("--rollouts", type=int, default=60)
+    ap.add_argument("--nfe", type=int, nargs="+", default=[1, 10])
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--skip-final", action="store_true", help="tune only")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--work", type=Path, default=Path("bench/pusht-tune-runs"))
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    for hidden in ("npz", "method", "name", "words", "tag"):
+        ap.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--starts", type=int, default=VALIDATION, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        a.npz, a.work = Path(a.npz), Path(a.work)
+        one(a)
+        return
+    if a.trials is None or a.out is None:
+        ap.error("a trial list and --out are needed")
+    a.out.mkdir(parents=True, exist_ok=True)
+    a.npz = a.out / f"pusht-demos-{a.demos}.npz"
+    expert = demos_npz(a)
+    trials = read_trials(a.trials)
+    bad = [w[0] for w in trials if w[0] not in METHODS or len(w) < 2]
+    if bad:
+        sys.exit(f"trial lines start with a method ({', '.join(METHODS)}) and a name: {bad}")
+    counts = {m: sum(w[0] == m for w in trials) for m in METHODS}
+    if len(set(counts.values())) != 1:
+        sys.exit(f"every method needs the same number of trials, got {counts}")
+    done = {r["trial"] for r in load(a.out / "trials.jsonl")}
+    jobs = [{"method": w[0], "name": w[1], "words": w[2:], "seconds": a.trial_seconds,
+             "seed": 0, "starts": VALIDATION, "rollouts": a.val_rollouts,
+             "tag": f"trial-{w[1]}"} for w in trials if w[1] not in done]
+    launch(jobs, a, a.out / "trials.jsonl")
+    if not a.skip_final:
+        best = best_trials(load(a.out / "trials.jsonl"))
+        done = {(r["trial"], r["seed"]) for r in load(a.out / "final.jsonl")}
+        words = {w[1]: w[2:] for w in trials}
+        jobs = [{"method": m, "name": r["trial"], "words": words[r["trial"]],
+                 "seconds": a.final_seconds, "seed": s, "starts": TEST,
+                 "rollouts": a.rollouts, "tag": f"final-{r['trial']}-s{s}"}
+                for s in a.seeds for m, r in best.items() if (r["trial"], s) not in done]
+        launch(jobs, a, a.out / "final.jsonl")
+    report(a, expert)
+
+
+if __name__ == "__main__":
+    main()
