@@ -42,13 +42,13 @@ from policy_two_route import cli_fitter
 
 from imle.config import replace
 from imle.reproduce.policy import (
-    chunk_ms,
     consistent_imle_policy,
     ddpm_policy,
     flow_policy,
     flow_policy_config,
     imle_config,
     imle_policy,
+    pusht_scores,
 )
 
 #: env.reset seeds: demonstrations use e < 10^6 (seed 0), tests 10^6 + e, validation 2 10^6 + e.
@@ -81,29 +81,17 @@ def policies_of(method: str, words: list[str], npz: Path, seconds: float, seed: 
 
 def one(a: argparse.Namespace) -> None:
     """Trains and rolls out one (trial, seed) and prints one JSON line per policy row."""
-    from imle.envs.pusht import rollout
-
     torch.set_num_threads(1)
     words = json.loads(a.words)
     policies, info = policies_of(a.method, words, a.npz, a.seconds, a.seed, a.work, a.tag,
                                  tuple(a.nfe))
     obs = torch.from_numpy(np.load(a.npz)["c"])
     for row, make in policies.items():
-        fn = make()
-
-        def policy(o: np.ndarray, fn=fn) -> np.ndarray:
-            with torch.no_grad():
-                return fn(torch.from_numpy(o)).numpy()
-
-        res = rollout(policy, a.rollouts, seed=a.starts)
+        scores = pusht_scores(make, obs, a.rollouts, seed=a.starts)
         print(json.dumps({"trial": a.name, "method": a.method, "policy": row, "seed": a.seed,
                           "cpu_seconds": a.seconds, "starts": a.starts,
-                          "rollouts": a.rollouts, "settings": " ".join(words),
-                          "success": float(res["success"].mean()),
-                          "coverage": float(res["coverage"].mean()),
-                          "ccw": float((res["route"] > 0).mean()),
-                          "cw": float((res["route"] < 0).mean()),
-                          "chunk_ms": chunk_ms(make(), obs), **info}), flush=True)
+                          "rollouts": a.rollouts, "settings": " ".join(words), **scores,
+                          **info}), flush=True)
 
 
 def launch(jobs: list[dict], a: argparse.Namespace, out_file: Path) -> list[dict]:

@@ -108,6 +108,28 @@ def ddpm_policy(model):
     return lambda obs: model.sample(obs, g)
 
 
+def numpy_policy(fn: Callable[[torch.Tensor], torch.Tensor]
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """A tensor policy as the numpy one the Push-T rollouts call, without gradients."""
+    def policy(o: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return fn(torch.from_numpy(o)).numpy()
+    return policy
+
+
+def pusht_scores(make: Callable[[], Callable], obs: torch.Tensor, rollouts: int,
+                 seed: int) -> dict[str, float]:
+    """Closed-loop Push-T scores of a fresh policy from ``make`` over ``rollouts`` starts
+    (``env.reset(seed=10^6 * seed + e)``): success rate, mean best coverage, the shares of
+    episodes winding counter-clockwise and clockwise, and `chunk_ms` on ``obs``."""
+    from imle.envs.pusht import rollout
+
+    res = rollout(numpy_policy(make()), rollouts, seed=seed)
+    return {"success": float(res["success"].mean()), "coverage": float(res["coverage"].mean()),
+            "ccw": float((res["route"] > 0).mean()), "cw": float((res["route"] < 0).mean()),
+            "chunk_ms": chunk_ms(make(), obs)}
+
+
 def chunk_ms(policy: Callable, obs: torch.Tensor) -> float:
     """Median milliseconds of one chunk for one observation (100 calls)."""
     times = []
@@ -189,12 +211,6 @@ def pusht_rows(fit: Fit, out: Path, demos: tuple[int, ...], cpu_seconds: float, 
               "wall_s": round(time.perf_counter() - t0, 1)}
     log(f"expert: {expert}")
 
-    def numpy_policy(fn):
-        def policy(o: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return fn(torch.from_numpy(o)).numpy()
-        return policy
-
     # Reference: the agent holds still, so "coverage" is the best the random start gave.
     res = rollout(lambda o: np.repeat(o[:, None, 6:8], 16, 1), rollouts, seed=1)
     rows = [{"task": "push-t", "demos": "–", "method": "hold still (reference)",
@@ -210,13 +226,9 @@ def pusht_rows(fit: Fit, out: Path, demos: tuple[int, ...], cpu_seconds: float, 
                                         torch.from_numpy(x), cpu_seconds, flow_nfe)
         for method, make in policies.items():
             t1 = time.perf_counter()
-            res = rollout(numpy_policy(make()), rollouts, seed=1)
+            scores = pusht_scores(make, torch.from_numpy(c), rollouts, seed=1)
             rows.append({"task": "push-t", "demos": f"{n} ({c.shape[0]} pairs)",
-                         "method": method, "success": float(res["success"].mean()),
-                         "coverage": float(res["coverage"].mean()),
-                         "ccw": float((res["route"] > 0).mean()),
-                         "cw": float((res["route"] < 0).mean()),
-                         "chunk_ms": chunk_ms(make(), torch.from_numpy(c)), **info[method],
+                         "method": method, **scores, **info[method],
                          "rollout_wall_s": round(time.perf_counter() - t1, 1)})
             log(str(rows[-1]))
     return rows, expert
