@@ -42,12 +42,10 @@ from policy_two_route import cli_fitter
 
 from imle.config import replace
 from imle.reproduce.policy import (
-    consistent_imle_policy,
-    ddpm_policy,
-    flow_policy,
+    expert_episodes,
     flow_policy_config,
     imle_config,
-    imle_policy,
+    policies_of,
     pusht_scores,
 )
 
@@ -56,7 +54,7 @@ TEST, VALIDATION = 1, 2
 METHODS = ("imle", "flow", "ddpm")
 
 
-def policies_of(method: str, words: list[str], npz: Path, seconds: float, seed: int,
+def train_trial(method: str, words: list[str], npz: Path, seconds: float, seed: int,
                 work: Path, tag: str, nfe: tuple[int, ...]) -> tuple[dict[str, Callable], dict]:
     """Trains one trial (an ``imle train`` run folder WORK/TAG for IMLE and the flow);
     returns (row name -> factory of a fresh policy, training summary)."""
@@ -67,23 +65,18 @@ def policies_of(method: str, words: list[str], npz: Path, seconds: float, seed: 
 
         kwargs = {"layers": 2, **parse_overrides(words)}
         model, stats = train_ddpm_policy(obs, act, seconds, seed=seed, **kwargs)
-        return {"ddpm": lambda: ddpm_policy(model)}, {"steps": stats["steps"]}
+        return policies_of("ddpm", model, nfe), {"steps": stats["steps"]}
     base = flow_policy_config(npz) if method == "flow" else imle_config(npz, "imle")
     config = replace(base, seed=seed, **parse_overrides(words))
-    trained: list = []
-    model, log = cli_fitter(work, seconds, trained)(config, tag)
-    info = {"steps": log[-1]["step"]}
-    if method == "flow":
-        return {f"flow, {n} NFE": (lambda n=n: flow_policy(model, n)) for n in nfe}, info
-    return {"imle": lambda: imle_policy(model),
-            "imle-consistent": lambda: consistent_imle_policy(model)}, info
+    model, log = cli_fitter(work, seconds, [])(config, tag)
+    return policies_of(method, model, nfe), {"steps": log[-1]["step"]}
 
 
 def one(a: argparse.Namespace) -> None:
     """Trains and rolls out one (trial, seed) and prints one JSON line per policy row."""
     torch.set_num_threads(1)
     words = json.loads(a.words)
-    policies, info = policies_of(a.method, words, a.npz, a.seconds, a.seed, a.work, a.tag,
+    policies, info = train_trial(a.method, words, a.npz, a.seconds, a.seed, a.work, a.tag,
                                  tuple(a.nfe))
     obs = torch.from_numpy(np.load(a.npz)["c"])
     for row, make in policies.items():
@@ -127,20 +120,15 @@ def load(path: Path) -> list[dict]:
 
 def demos_npz(a: argparse.Namespace) -> dict[str, Any]:
     """Writes the demonstration pairs (the expert's first successful episodes) once."""
-    from imle.envs.pusht import demonstration_pairs, run_expert
+    from imle.envs.pusht import demonstration_pairs
 
     stats_file = a.out / "expert.json"
     if a.npz.exists() and stats_file.exists():
         return json.loads(stats_file.read_text())
-    episodes = run_expert(int(a.demos * 1.25) + 20, seed=0)
-    good = [e for e in episodes if e["success"]]
-    if len(good) < a.demos:
-        sys.exit(f"the expert succeeded in {len(good)} episodes; need {a.demos}")
-    c, x = demonstration_pairs(good[:a.demos])
+    good, stats = expert_episodes(a.demos)
+    c, x = demonstration_pairs(good)
     np.savez(a.npz, c=c, x=x)
-    stats = {"episodes": len(episodes), "success": float(np.mean([e["success"]
-                                                                   for e in episodes])),
-             "demos": a.demos, "pairs": int(c.shape[0])}
+    stats.update(demos=a.demos, pairs=int(c.shape[0]))
     stats_file.write_text(json.dumps(stats))
     return stats
 

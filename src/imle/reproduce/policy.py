@@ -142,6 +142,21 @@ def chunk_ms(policy: Callable, obs: torch.Tensor) -> float:
     return 1e3 * float(np.median(times))
 
 
+def policies_of(method: str, model: Any, flow_nfe: tuple[int, ...]
+                ) -> dict[str, Callable[[], Callable]]:
+    """The table's rows of one trained model: row name -> a factory of a fresh policy.
+    ``method``: "imle" (two rows: one pass, and nearest the previous chunk), "regression",
+    "flow" (a row per number of Euler steps) or "ddpm"."""
+    if method == "flow":
+        return {f"flow, {n} NFE": (lambda n=n: flow_policy(model, n)) for n in flow_nfe}
+    if method == "ddpm":
+        return {"ddpm": lambda: ddpm_policy(model)}
+    rows = {method: lambda: imle_policy(model)}
+    if method == "imle":
+        rows["imle-consistent"] = lambda: consistent_imle_policy(model)
+    return rows
+
+
 def train_policies(fit: Fit, npz: Path, tag: str, obs: torch.Tensor, act: torch.Tensor,
                    cpu_seconds: float, flow_nfe: tuple[int, ...]
                    ) -> tuple[dict[str, Callable[[], Callable]], dict[str, dict]]:
@@ -152,19 +167,11 @@ def train_policies(fit: Fit, npz: Path, tag: str, obs: torch.Tensor, act: torch.
     for method in ("imle", "regression", "flow"):
         cfg = flow_policy_config(npz) if method == "flow" else imle_config(npz, method)
         model, log = fit(cfg, f"{method}-{tag}")
-        stats = {"steps": log[-1]["step"], "cpu_s": log[-1]["cpu_s"]}
-        if method == "flow":  # one trained flow, sampled with each number of steps
-            for nfe in flow_nfe:
-                policies[f"flow, {nfe} NFE"] = lambda m=model, n=nfe: flow_policy(m, n)
-                info[f"flow, {nfe} NFE"] = stats
-            continue
-        policies[method] = lambda m=model: imle_policy(m)
-        info[method] = stats
-        if method == "imle":
-            policies["imle-consistent"] = lambda m=model: consistent_imle_policy(m)
-            info["imle-consistent"] = stats
+        rows = policies_of(method, model, flow_nfe)
+        policies.update(rows)
+        info.update(dict.fromkeys(rows, {"steps": log[-1]["step"], "cpu_s": log[-1]["cpu_s"]}))
     ddpm, stats = train_ddpm_policy(obs, act, cpu_seconds, seed=0, layers=2)
-    policies["ddpm"] = lambda: ddpm_policy(ddpm)
+    policies.update(policies_of("ddpm", ddpm, flow_nfe))
     info["ddpm"] = {"steps": stats["steps"], "cpu_s": round(stats["cpu_s"], 3)}
     return policies, info
 
@@ -192,23 +199,32 @@ def two_route_rows(fit: Fit, out: Path, demos: tuple[int, ...], cpu_seconds: flo
     return rows
 
 
-def pusht_rows(fit: Fit, out: Path, demos: tuple[int, ...], cpu_seconds: float, rollouts: int,
-               flow_nfe: tuple[int, ...], log: Callable[[str], None] = print
-               ) -> tuple[list[dict], dict[str, Any]]:
-    """The Push-T table (needs the robot extra) and the expert's statistics."""
-    from imle.envs.pusht import demonstration_pairs, rollout, run_expert
+def expert_episodes(n: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The Push-T expert's first ``n`` successful episodes (from ``env.reset(seed=e)``; needs
+    the robot extra) and its statistics over all the episodes it took to get them."""
+    from imle.envs.pusht import run_expert
 
     t0 = time.perf_counter()
-    episodes = run_expert(int(max(demos) * 1.25) + 20, seed=0)
+    episodes = run_expert(int(n * 1.25) + 20, seed=0)
     good = [e for e in episodes if e["success"]]
-    if len(good) < max(demos):
-        raise RuntimeError(f"the expert succeeded in {len(good)} episodes; need {max(demos)}")
+    if len(good) < n:
+        raise RuntimeError(f"the expert succeeded in {len(good)} episodes; need {n}")
     expert = {"episodes": len(episodes),
               "success": float(np.mean([e["success"] for e in episodes])),
               "median_steps": float(np.median([len(e["obs"]) for e in good])),
               "route_ccw": float(np.mean([e["winding"] > np.pi / 2 for e in good])),
               "route_cw": float(np.mean([e["winding"] < -np.pi / 2 for e in good])),
               "wall_s": round(time.perf_counter() - t0, 1)}
+    return good[:n], expert
+
+
+def pusht_rows(fit: Fit, out: Path, demos: tuple[int, ...], cpu_seconds: float, rollouts: int,
+               flow_nfe: tuple[int, ...], log: Callable[[str], None] = print
+               ) -> tuple[list[dict], dict[str, Any]]:
+    """The Push-T table (needs the robot extra) and the expert's statistics."""
+    from imle.envs.pusht import demonstration_pairs, rollout
+
+    good, expert = expert_episodes(max(demos))
     log(f"expert: {expert}")
 
     # Reference: the agent holds still, so "coverage" is the best the random start gave.
