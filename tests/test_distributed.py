@@ -24,6 +24,7 @@ from imle.checkpoint import (
     load_weights,
 )
 from imle.cli import main
+from imle.training.clocks import StopSignals
 
 TINY = ["--data", "mnist", "--limit", "64", "--model", "mlp", "--latent-dim", "8", "--width",
         "32", "--subset-size", "64", "--pool-multiplier", "10", "--pool-batch-size", "128",
@@ -191,6 +192,25 @@ def _worker_pid(parent: int, rank: int) -> int | None:
         if f"RANK={rank}".encode() in env:
             return int(child)
     return None
+
+
+@pytest.mark.parametrize("error,kept", [(dist.RankFailure("rank 0 of 2: a peer stopped"), True),
+                                         (ValueError("this process's own error"), False)])
+def test_signal_handlers_outlive_only_a_peer_failure(error, kept):
+    # torchrun sends SIGTERM to the surviving ranks as soon as one dies; a survivor must still
+    # be catching it while it reports its RankFailure, or it dies without the error message.
+    signals = StopSignals()
+    before, before_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(type(error)), signals.catching():
+            raise error
+        assert (signal.getsignal(signal.SIGTERM) is not before) == kept
+        if kept:
+            os.kill(os.getpid(), signal.SIGTERM)  # caught and recorded, not fatal
+            assert signals.last == "SIGTERM"
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")

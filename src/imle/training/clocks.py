@@ -58,7 +58,9 @@ class StopSignals:
     """Catches SIGINT/SIGTERM while training (`catching`) so the loop can checkpoint and stop.
 
     In one process a signal stops the loop at once (``stop_reason``); across processes it
-    waits for the step's clock agreement (`advance`), which makes every process stop.
+    waits for the step's clock agreement (`advance`), which makes every process stop. When a
+    peer process dies (`imle.dist.RankFailure`), the handlers stay installed so the launcher's
+    SIGTERM cannot end this process before it reports the error.
     """
 
     def __init__(self) -> None:
@@ -78,9 +80,20 @@ class StopSignals:
                 previous[sig] = signal.signal(sig, handler)
         try:
             yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+        except dist.RankFailure:
+            # A peer died: keep the handlers. The launcher sends SIGTERM to the surviving
+            # processes at once, and its default action would end this one before it reports
+            # which checkpoint is intact; this process is ending with that error anyway.
+            raise
+        except BaseException:
+            _restore(previous)
+            raise
+        _restore(previous)
+
+
+def _restore(previous: dict) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
 
 
 def advance(state: LoopState, seconds: float, cpu_seconds: float, signals: StopSignals,
