@@ -127,6 +127,46 @@ def read_log(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; none if it does not exist."""
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def run_workers(jobs: list[tuple[str, list[str], dict[str, Any]]], parallel: int,
+                out_file: Path, show: Callable[[dict[str, Any]], str], last_only: bool = False,
+                log_dir: Path | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Runs each job ``(tag, command line, fields)`` as its own process, ``parallel`` at a time.
+
+    A worker prints its results as JSON lines (lines starting with "{"); each row kept (all, or
+    the last with ``last_only``) gets ``fields`` in front, is appended to ``out_file`` and is
+    printed as ``TAG: show(row) (wall seconds)``. ``log_dir``: keep each worker's stdout and
+    stderr in LOG_DIR/TAG.log. A job that exits non-zero or prints no row is reported with the
+    tail of its stderr. Returns (the kept rows, the number of failed jobs).
+    """
+    def run(job: tuple[str, list[str], dict[str, Any]]) -> list[dict[str, Any]] | None:
+        tag, cmd, fields = job
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if log_dir is not None:
+            (log_dir / f"{tag}.log").write_text(proc.stdout + proc.stderr)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode or not lines:
+            print(f"{tag}: failed ({proc.returncode})\n{proc.stderr[-2000:]}", flush=True)
+            return None
+        rows = [{**fields, **json.loads(ln)} for ln in (lines[-1:] if last_only else lines)]
+        with open(out_file, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        for r in rows:
+            print(f"{tag}: {show(r)} ({time.time() - t0:.0f} s)", flush=True)
+        return rows
+
+    with cf.ThreadPoolExecutor(parallel) as pool:
+        results = list(pool.map(run, jobs))
+    return [row for rows in results if rows for row in rows], sum(r is None for r in results)
+
+
 def markdown_table(title: str, labels: list[str], keys: list[str],
                    rows: list[dict[str, Any]]) -> str:
     """A Markdown table: the ``labels`` columns as text, then ``keys`` formatted to 4 digits."""

@@ -36,14 +36,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import add_sweep_flags, read_trials, split_passthrough
+from _common import add_sweep_flags, read_jsonl, read_trials, run_workers, split_passthrough
 
 SCORES = {
     "photos-tune": ["fid"],
@@ -157,39 +155,25 @@ def run_all(a: argparse.Namespace, trials: list[list[str]]) -> None:
                     jobs.append((words, minutes, seed, tag))
     jobs.sort(key=lambda j: -j[1])  # longest first, so the slowest runs overlap
 
-    def run(job: tuple) -> int:
-        words, minutes, seed, tag = job
+    def command(words: list[str], minutes: float, seed: int, tag: str) -> list[str]:
         cmd = [sys.executable, __file__, "--one", "--name", words[0], "--minutes", str(minutes),
                "--seed", str(seed), "--tag", tag, "--data", a.data, "--score", a.score,
                "--work", str(a.work), "--out", str(a.out)]
         if a.data_dir:
             cmd += ["--data-dir", a.data_dir]
-        cmd += ["--", *words[1:]]
-        t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        (a.work / f"{tag}.log").write_text(proc.stdout + proc.stderr)
-        if proc.returncode or not lines:
-            print(f"{tag}: failed ({proc.returncode})\n{proc.stderr[-2000:]}", flush=True)
-            return 1
-        with open(a.out / "results.jsonl", "a") as f:
-            f.write(lines[-1] + "\n")
-        row = json.loads(lines[-1])
-        shown = ", ".join(f"{k} {row[k]:g}" for k in SCORES[a.score])
-        print(f"{tag}: {row['steps']} steps; {shown} ({time.time() - t0:.0f} s)", flush=True)
-        return 0
+        return [*cmd, "--", *words[1:]]
 
-    with ThreadPoolExecutor(a.parallel) as pool:
-        codes = list(pool.map(run, jobs))
-    if any(codes):
-        print(f"{sum(codes)} runs failed", flush=True)
+    def show(row: dict) -> str:
+        return f"{row['steps']} steps; " + ", ".join(f"{k} {row[k]:g}" for k in SCORES[a.score])
+
+    _, failed = run_workers([(j[3], command(*j), {}) for j in jobs], a.parallel,
+                            a.out / "results.jsonl", show, last_only=True, log_dir=a.work)
+    if failed:
+        print(f"{failed} runs failed", flush=True)
 
 
 def load_rows(out: Path) -> list[dict]:
-    path = out / "results.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return read_jsonl(out / "results.jsonl")
 
 
 def summarize(out: Path, score: str, order: list[str]) -> None:

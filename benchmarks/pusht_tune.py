@@ -16,6 +16,8 @@ Policy), the flow-matching policy and Diffusion Policy's DDPM recipe (``pip inst
    milliseconds per 16-step chunk for one observation.
 
 Each trial runs in its own process (``--parallel`` side by side, one torch thread each).
+``--tuned-in DIR`` skips step 1 and takes each method's winner from an earlier output folder
+that ran the same trial list (e.g. tuned at 200 demonstrations, trained at 50).
 
     python benchmarks/pusht_tune.py docs/results/pusht-tuning-2026-12-06/trials.txt \\
         --trial-seconds 90 --final-seconds 600 --seeds 0 1 --out bench/pusht-tune
@@ -27,17 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _common import markdown_table, parse_overrides, read_trials
+from _common import markdown_table, parse_overrides, read_jsonl, read_trials, run_workers
 from policy_two_route import cli_fitter
 
 from imle.config import replace
@@ -87,35 +86,19 @@ def one(a: argparse.Namespace) -> None:
                           **info}), flush=True)
 
 
-def launch(jobs: list[dict], a: argparse.Namespace, out_file: Path) -> list[dict]:
-    """Runs ``jobs`` (dicts of --one's arguments) ``--parallel`` at a time; appends and
-    returns their rows."""
-    def run(job: dict) -> list[dict]:
-        cmd = [sys.executable, __file__, "--one", "--npz", str(a.npz), "--work", str(a.work),
-               "--nfe", *map(str, a.nfe), "--method", job["method"], "--name", job["name"],
-               "--words", json.dumps(job["words"]), "--seconds", str(job["seconds"]),
-               "--seed", str(job["seed"]), "--starts", str(job["starts"]),
-               "--rollouts", str(job["rollouts"]), "--tag", job["tag"]]
-        t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode or not rows:
-            print(f"{job['tag']}: failed ({proc.returncode})\n{proc.stderr[-2000:]}", flush=True)
-            return []
-        with open(out_file, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        for r in rows:
-            print(f"{job['tag']} {r['policy']}: coverage {r['coverage']:.3f}, success "
-                  f"{r['success']:.2f}, {r['steps']} steps ({time.time() - t0:.0f} s)",
-                  flush=True)
-        return rows
+def launch(jobs: list[dict], a: argparse.Namespace, out_file: Path) -> None:
+    """Runs ``jobs`` (dicts of --one's arguments) ``--parallel`` at a time; appends their rows
+    to ``out_file``."""
+    def command(job: dict) -> list[str]:
+        return [sys.executable, __file__, "--one", "--npz", str(a.npz), "--work", str(a.work),
+                "--nfe", *map(str, a.nfe), "--method", job["method"], "--name", job["name"],
+                "--words", json.dumps(job["words"]), "--seconds", str(job["seconds"]),
+                "--seed", str(job["seed"]), "--starts", str(job["starts"]),
+                "--rollouts", str(job["rollouts"]), "--tag", job["tag"]]
 
-    with ThreadPoolExecutor(a.parallel) as pool:
-        return [r for rows in pool.map(run, jobs) for r in rows]
-
-
-def load(path: Path) -> list[dict]:
-    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+    run_workers([(job["tag"], command(job), {}) for job in jobs], a.parallel, out_file,
+                lambda r: f"{r['policy']}: coverage {r['coverage']:.3f}, success "
+                          f"{r['success']:.2f}, {r['steps']} steps")
 
 
 def demos_npz(a: argparse.Namespace) -> dict[str, Any]:
@@ -145,14 +128,18 @@ def best_trials(rows: list[dict]) -> dict[str, dict]:
 
 
 def report(a: argparse.Namespace, expert: dict) -> None:
-    trials, final = load(a.out / "trials.jsonl"), load(a.out / "final.jsonl")
+    final = read_jsonl(a.out / "final.jsonl")
     keys = ["coverage", "success", "ccw", "cw", "chunk_ms", "steps"]
-    parts = [markdown_table(
-        f"Tuning: {a.demos} demonstrations ({expert['pairs']} pairs), {a.trial_seconds:g} "
-        f"CPU-seconds per trial on one thread, seed 0, {a.val_rollouts} validation rollouts",
-        ["method", "trial", "settings", "policy"], keys,
-        [{**r, "settings": r["settings"] or "(as in the policy table)",
-          "trial": r["trial"]} for r in trials])]
+    if a.tuned_in is not None:
+        parts = [f"Tuning: the winners of {a.tuned_in} (not re-tuned); {a.demos} "
+                 f"demonstrations ({expert['pairs']} pairs)"]
+    else:
+        parts = [markdown_table(
+            f"Tuning: {a.demos} demonstrations ({expert['pairs']} pairs), {a.trial_seconds:g} "
+            f"CPU-seconds per trial on one thread, seed 0, {a.val_rollouts} validation "
+            f"rollouts", ["method", "trial", "settings", "policy"], keys,
+            [{**r, "settings": r["settings"] or "(as in the policy table)",
+              "trial": r["trial"]} for r in read_jsonl(a.out / "trials.jsonl")])]
     if final:
         groups: dict[str, list[dict]] = {}
         for r in final:
@@ -185,6 +172,8 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--skip-final", action="store_true", help="tune only")
+    ap.add_argument("--tuned-in", type=Path, help="take the winners from this earlier output "
+                    "folder's trials.jsonl (the same trial list) instead of tuning")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--work", type=Path, default=Path("bench/pusht-tune-runs"))
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -210,14 +199,18 @@ def main() -> None:
     counts = {m: sum(w[0] == m for w in trials) for m in METHODS}
     if len(set(counts.values())) != 1:
         sys.exit(f"every method needs the same number of trials, got {counts}")
-    done = {r["trial"] for r in load(a.out / "trials.jsonl")}
-    jobs = [{"method": w[0], "name": w[1], "words": w[2:], "seconds": a.trial_seconds,
-             "seed": 0, "starts": VALIDATION, "rollouts": a.val_rollouts,
-             "tag": f"trial-{w[1]}"} for w in trials if w[1] not in done]
-    launch(jobs, a, a.out / "trials.jsonl")
+    tuned = (a.tuned_in or a.out) / "trials.jsonl"
+    if a.tuned_in is None:
+        done = {r["trial"] for r in read_jsonl(tuned)}
+        jobs = [{"method": w[0], "name": w[1], "words": w[2:], "seconds": a.trial_seconds,
+                 "seed": 0, "starts": VALIDATION, "rollouts": a.val_rollouts,
+                 "tag": f"trial-{w[1]}"} for w in trials if w[1] not in done]
+        launch(jobs, a, tuned)
+    elif {r["trial"] for r in read_jsonl(tuned)} != {w[1] for w in trials}:
+        sys.exit(f"{tuned} did not run the trials of {a.trials}")
     if not a.skip_final:
-        best = best_trials(load(a.out / "trials.jsonl"))
-        done = {(r["trial"], r["seed"]) for r in load(a.out / "final.jsonl")}
+        best = best_trials(read_jsonl(tuned))
+        done = {(r["trial"], r["seed"]) for r in read_jsonl(a.out / "final.jsonl")}
         words = {w[1]: w[2:] for w in trials}
         jobs = [{"method": m, "name": r["trial"], "words": words[r["trial"]],
                  "seconds": a.final_seconds, "seed": s, "starts": TEST,

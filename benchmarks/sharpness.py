@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import add_sweep_flags
+from _common import add_sweep_flags, read_jsonl, run_workers
 from tune_round import trial_command
 
 #: name -> tune_trial.py arguments after the budget.
@@ -61,33 +58,20 @@ def run_all(budgets: list[float], seeds: list[int], seeds_up_to: float, out: Pat
                     continue
                 jobs.append((name, f"m{i}-b{minutes:g}-s{seed}", minutes, seed, args))
 
-    def run(job: tuple) -> int:
-        name, tag, minutes, seed, args = job
-        cmd = trial_command(tag, minutes, [*args, "--seed", str(seed), "--extractor", EXTRACTOR,
-                                           "--metrics", "fid", "prdc"], work)
-        t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode or not lines:
-            print(f"{tag}: failed ({proc.returncode})\n{proc.stderr[-2000:]}", flush=True)
-            return 1
-        row = {"model": name, "cpu_minutes": minutes, **json.loads(lines[-1])}
-        with open(out / "results.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"{tag} {name}: FID {row['fid']:.1f}, recall {row['recall']:.3f} "
-              f"({time.time() - t0:.0f} s)", flush=True)
-        return 0
-
     # Longest first, so the slowest runs overlap.
     jobs.sort(key=lambda j: -j[2])
-    with ThreadPoolExecutor(parallel) as pool:
-        failed = sum(pool.map(run, jobs))
+    workers = [(tag, trial_command(tag, minutes, [*args, "--seed", str(seed), "--extractor",
+                                                  EXTRACTOR, "--metrics", "fid", "prdc"], work),
+                {"model": name, "cpu_minutes": minutes})
+               for name, tag, minutes, seed, args in jobs]
+    _, failed = run_workers(workers, parallel, out / "results.jsonl", lambda row: (
+        f"{row['model']}: FID {row['fid']:.1f}, recall {row['recall']:.3f}"), last_only=True)
     if failed:
         sys.exit(f"{failed} run(s) failed")
 
 
 def summarize(out: Path) -> None:
-    rows = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines() if ln]
+    rows = read_jsonl(out / "results.jsonl")
     groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["model"], r["cpu_minutes"])].append(r)
