@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from statistics import mean
 
 from _common import read_jsonl
+from pusht_tune import final_summary
 
 NAMES = {"imle": "IMLE Policy, one pass", "imle-consistent": "IMLE, nearest the previous chunk",
          "flow, 1 NFE": "flow, 1 NFE", "flow, 10 NFE": "flow, 10 NFE",
@@ -23,26 +23,17 @@ NAMES = {"imle": "IMLE Policy, one pass", "imle-consistent": "IMLE, nearest the 
 
 def table(folders: dict[str, Path]) -> str:
     """The table of every policy row of NAMES over ``folders`` (label -> output folder)."""
-    rows: dict[str, dict[str, list[dict]]] = {}
-    for label, folder in folders.items():
-        for r in read_jsonl(folder / "final.jsonl"):
-            rows.setdefault(r["policy"], {}).setdefault(label, []).append(r)
+    summary = {label: final_summary(read_jsonl(folder / "final.jsonl"))
+               for label, folder in folders.items()}
     head = [f"{d} demos: coverage (per seed), successes" for d in folders]
     lines = ["| policy | " + " | ".join(head) + f" | ms per chunk ({' / '.join(folders)}) |",
              "|---" * (len(folders) + 2) + "|"]
     for policy, name in NAMES.items():
-        cells = []
-        for label in folders:
-            g = rows.get(policy, {}).get(label, [])
-            if not g:
-                cells.append("–")
-                continue
-            per_seed = " / ".join(f"{r['coverage']:.3f}" for r in g)
-            wins = sum(round(r["success"] * r["rollouts"]) for r in g)
-            cells.append(f"{mean(r['coverage'] for r in g):.2f} ({per_seed}), "
-                         f"{wins}/{sum(r['rollouts'] for r in g)}")
-        ms = " / ".join(f"{mean(r['chunk_ms'] for r in rows[policy][d]):.2f}"
-                        if rows.get(policy, {}).get(d) else "–" for d in folders)
+        found = [summary[label].get(policy) for label in folders]
+        cells = ["–" if s is None else
+                 f"{s['coverage']:.2f} ({s['coverage per seed']}), {s['wins']}/{s['rollouts']}"
+                 for s in found]
+        ms = " / ".join("–" if s is None else f"{s['chunk_ms']:.2f}" for s in found)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {ms} |")
     return "\n".join(lines)
 

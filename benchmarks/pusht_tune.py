@@ -127,9 +127,28 @@ def best_trials(rows: list[dict]) -> dict[str, dict]:
     return best
 
 
+#: The scores of a rolled-out policy that the tables show.
+KEYS = ["coverage", "success", "ccw", "cw", "chunk_ms", "steps"]
+
+
+def final_summary(final: list[dict]) -> dict[str, dict]:
+    """policy -> its final rows over the seeds: the trial, the seeds and each seed's coverage
+    (as text), the means of KEYS, and ``wins`` successes of ``rollouts`` rollouts in all."""
+    groups: dict[str, list[dict]] = {}
+    for r in final:
+        groups.setdefault(r["policy"], []).append(r)
+    return {policy: {"policy": policy, "trial": g[0]["trial"],
+                     "seeds": " / ".join(str(r["seed"]) for r in g),
+                     "coverage per seed": " / ".join(f"{r['coverage']:.3f}" for r in g),
+                     **{k: float(np.mean([r[k] for r in g])) for k in KEYS},
+                     "wins": sum(round(r["success"] * r["rollouts"]) for r in g),
+                     "rollouts": sum(r["rollouts"] for r in g)}
+            for policy, g in groups.items()}
+
+
 def report(a: argparse.Namespace, expert: dict) -> None:
     final = read_jsonl(a.out / "final.jsonl")
-    keys = ["coverage", "success", "ccw", "cw", "chunk_ms", "steps"]
+    keys = KEYS
     if a.tuned_in is not None:
         parts = [f"Tuning: the winners of {a.tuned_in} (not re-tuned); {a.demos} "
                  f"demonstrations ({expert['pairs']} pairs)"]
@@ -141,20 +160,11 @@ def report(a: argparse.Namespace, expert: dict) -> None:
             [{**r, "settings": r["settings"] or "(as in the policy table)",
               "trial": r["trial"]} for r in read_jsonl(a.out / "trials.jsonl")])]
     if final:
-        groups: dict[str, list[dict]] = {}
-        for r in final:
-            groups.setdefault(r["policy"], []).append(r)
-        rows = []
-        for policy, g in groups.items():
-            m = {k: float(np.mean([r[k] for r in g])) for k in keys}
-            rows.append({"policy": policy, "trial": g[0]["trial"],
-                         "seeds": " / ".join(str(r["seed"]) for r in g),
-                         "coverage per seed": " / ".join(f"{r['coverage']:.3f}" for r in g),
-                         **m})
         parts.append(markdown_table(
             f"Final: the best trial per method, {a.final_seconds:g} CPU-seconds on one thread, "
             f"{a.rollouts} test rollouts per seed; means over the seeds",
-            ["policy", "trial", "seeds", "coverage per seed"], keys, rows))
+            ["policy", "trial", "seeds", "coverage per seed"], keys,
+            list(final_summary(final).values())))
     text = "\n\n".join(parts) + "\n"
     (a.out / "results.md").write_text(text)
     print(text)

@@ -78,22 +78,19 @@ class StopSignals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread: no handlers
                 previous[sig] = signal.signal(sig, handler)
+        restore = True
         try:
             yield
         except dist.RankFailure:
             # A peer died: keep the handlers. The launcher sends SIGTERM to the surviving
             # processes at once, and its default action would end this one before it reports
             # which checkpoint is intact; this process is ending with that error anyway.
+            restore = False
             raise
-        except BaseException:
-            _restore(previous)
-            raise
-        _restore(previous)
-
-
-def _restore(previous: dict) -> None:
-    for sig, old in previous.items():
-        signal.signal(sig, old)
+        finally:
+            if restore:
+                for sig, old in previous.items():
+                    signal.signal(sig, old)
 
 
 def advance(state: LoopState, seconds: float, cpu_seconds: float, signals: StopSignals,
